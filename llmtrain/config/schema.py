@@ -202,7 +202,9 @@ class TrainerConfig:
         _require(self.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {self.grad_clip}")
         if self.grad_accum_steps is not None:
             _require(
-                self.grad_accum_steps > 0, "trainer.grad_accum_steps", f"must be > 0, got {self.grad_accum_steps}"
+                self.grad_accum_steps > 0,
+                "trainer.grad_accum_steps",
+                f"must be > 0, got {self.grad_accum_steps}",
             )
 
     def grad_accum_for(self, dp_size: int) -> int:
@@ -253,9 +255,13 @@ class SchedConfig:
     def __post_init__(self) -> None:
         _one_of(self.name, "sched.name", SCHEDULES)
         _require(self.warmup_steps >= 0, "sched.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(0 <= self.min_lr_ratio <= 1, "sched.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _require(
-            0 < self.decay_fraction <= 1, "sched.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}"
+            0 <= self.min_lr_ratio <= 1, "sched.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        )
+        _require(
+            0 < self.decay_fraction <= 1,
+            "sched.decay_fraction",
+            f"must be in (0, 1], got {self.decay_fraction}",
         )
 
 

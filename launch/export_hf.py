@@ -1,0 +1,17 @@
+"""Export a checkpoint to a Hugging Face folder: `python launch/export_hf.py RUN_DIR_OR_CHECKPOINT OUT_DIR`."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from llmtrain.checkpoint.export import export_hf
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "checkpoint", type=Path, help="a run directory (uses its latest checkpoint) or a step folder"
+    )
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
+    print(export_hf(args.checkpoint, args.out_dir))

@@ -1,0 +1,1 @@
+"""Checkpoints: atomic step folders with a `latest` pointer, resume, and Hugging Face export."""

@@ -1,0 +1,113 @@
+"""Where checkpoint files live, and how a step folder is committed atomically.
+
+run_dir/checkpoints/
+    step_000100/            one folder per saved step, complete or absent
+        trainer_state.json  step and token counters, data position, strategy, world size
+        config.yaml         the resolved config that wrote it
+        hf_config/          the model's Hugging Face config.json (for export)
+        model/              the strategy's own (possibly sharded) model + optimizer state
+        rng/rank_00000.pt   per-rank RNG states
+    latest                  text file naming the newest complete step folder
+
+A step is written into `.tmp-step_NNNNNN`, renamed when every rank has finished, and only then is
+`latest` replaced (write + fsync + rename). A crash at any point leaves the previous checkpoint as
+`latest` and intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINTS
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def temp_dir_for(run_dir: Path, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f".tmp-{step_dir_name(step)}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / TRAINER_STATE).is_file()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def commit(run_dir: Path, step: int) -> Path:
+    """Rename the finished temp folder into place, then point `latest` at it (rank 0 only)."""
+    final = checkpoints_dir(run_dir) / step_dir_name(step)
+    if final.exists():  # the same step saved again (e.g. final save right after a periodic one)
+        shutil.rmtree(final)
+    os.replace(temp_dir_for(run_dir, step), final)
+    write_atomic(checkpoints_dir(run_dir) / LATEST, final.name + "\n")
+    return final
+
+
+def complete_steps(run_dir: Path) -> list[Path]:
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The folder `latest` names; if the pointer is missing or stale, the newest complete folder."""
+    pointer = checkpoints_dir(run_dir) / LATEST
+    if pointer.is_file():
+        named = checkpoints_dir(run_dir) / pointer.read_text().strip()
+        if is_complete(named):
+            return named
+    steps = complete_steps(run_dir)
+    return steps[-1] if steps else None
+
+
+def prune(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, and stale temp folders."""
+    removed = []
+    latest = latest_checkpoint(run_dir)
+    for old in complete_steps(run_dir)[:-keep_last]:
+        if old != latest:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    for stale in checkpoints_dir(run_dir).glob(".tmp-step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return removed
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / TRAINER_STATE).read_text())
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accept a run directory (its latest checkpoint) or a step folder."""
+    if is_complete(path):
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint folder (no {TRAINER_STATE}) nor a run directory with a "
+            f"complete checkpoint under {CHECKPOINTS}/"
+        )
+    return found

@@ -1,0 +1,1 @@
+"""Cluster integration: SLURM environment and preemption signals."""

@@ -1,0 +1,128 @@
+"""Who am I in the job: rank and world discovery, process-group setup, and the one rank-0 guard.
+
+Launchers describe the job in environment variables: torchrun and the deepspeed launcher set
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; `srun` sets SLURM_PROCID/SLURM_NTASKS/
+SLURM_LOCALID (llmtrain.cluster fills MASTER_ADDR/PORT from the node list). Everything that must
+happen once per job (files, W&B, prints) goes through `is_main_process()`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def env_ranks() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the launcher's environment; (0, 1, 0) when alone."""
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    return rank, world, local
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device=cuda but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistInfo:
+    """Join the job's process group (once); a lone process needs none.
+
+    The timeout bounds every collective, so a dead rank makes the others fail with an error
+    instead of hanging while the job holds its nodes.
+    """
+    rank, world, local = env_ranks()
+    dev = pick_device(device, local)
+    if world > 1 and not tdist.is_initialized():
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("WORLD_SIZE", str(world))
+        os.environ.setdefault("LOCAL_RANK", str(local))
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise RuntimeError(
+                f"WORLD_SIZE={world} but {', '.join(missing)} is not set: launch with torchrun, deepspeed "
+                "or srun (under SLURM llmtrain.cluster sets them), or export them yourself"
+            )
+        tdist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def get_rank() -> int:
+    return tdist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return tdist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """The one guard for side effects that must happen once per job."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        tdist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s value on every rank (the run directory, a resume decision)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op alone); returns the tensor for chaining."""
+    if is_distributed():
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return t
+
+
+def destroy() -> None:
+    if is_distributed():
+        tdist.destroy_process_group()

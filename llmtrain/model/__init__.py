@@ -1,0 +1,1 @@
+"""Hugging Face causal LMs: build or load, attention backend, masking, loss, FLOPs."""

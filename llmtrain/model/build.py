@@ -1,0 +1,98 @@
+"""Build a Llama/Qwen2/Mistral-shaped causal LM from `ModelConfig`, or load a local HF folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from llmtrain.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_attn_implementation(requested: str, device: torch.device) -> str:
+    """`auto` means flash_attention_2 only where it can actually run, else PyTorch SDPA."""
+    flash_ok = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if requested == "flash_attention_2" and not flash_ok:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs CUDA and the flash-attn package "
+            "(pip install 'llmtrain[flash]'); use auto or sdpa here"
+        )
+    return requested
+
+
+def padded_vocab_size(tokenizer_vocab: int, multiple: int) -> int:
+    """Round the embedding rows up so the lm_head matmul has GPU-friendly shapes."""
+    return -(-tokenizer_vocab // multiple) * multiple
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int) -> PretrainedConfig:
+    """The HF config for a model built from scratch (random init)."""
+    head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
+    return AutoConfig.for_model(
+        cfg.arch,
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.init_std,
+        use_cache=False,
+    )
+
+
+def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) -> PreTrainedModel:
+    """A model ready to train: weights on `device`, backend chosen, checkpointing applied.
+
+    Random init draws from torch's global RNG, so the caller seeds it first for reproducibility.
+    """
+    attn = resolve_attn_implementation(cfg.attn_implementation, device)
+    dtype = DTYPES[cfg.dtype]
+    if cfg.pretrained is not None:
+        path = Path(cfg.pretrained)
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model.pretrained={cfg.pretrained}: no Hugging Face config.json in that folder"
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn, local_files_only=True
+        )
+        if model.config.vocab_size < tokenizer_vocab:
+            raise ConfigError(
+                f"model.pretrained={cfg.pretrained} has vocab_size {model.config.vocab_size} but the tokenizer "
+                f"has {tokenizer_vocab} tokens"
+            )
+    else:
+        vocab = cfg.vocab_size or padded_vocab_size(tokenizer_vocab, cfg.vocab_multiple)
+        if vocab < tokenizer_vocab:
+            raise ConfigError(
+                f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens"
+            )
+        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab), attn_implementation=attn, dtype=dtype)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with ZeRO-3/FSDP2 parameter hooks and with frozen inputs.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    log.info(
+        "model: %s (%s), %.2fM parameters, attention=%s, dtype=%s",
+        cfg.name,
+        model.config.model_type,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        attn,
+        cfg.dtype,
+    )
+    return model.to(device)

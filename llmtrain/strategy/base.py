@@ -1,0 +1,122 @@
+"""The one interface the training loop uses to run a step, whatever distributes the model.
+
+The loop never asks which strategy it has: wrapping, mixed precision, gradient reduction,
+accumulation boundaries, clipping, sharded checkpoints and consolidation all live behind these
+methods. Implementations: `single` (one process, or DDP), `deepspeed` (ZeRO 1-3), `fsdp` (FSDP2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from llmtrain.config import TrainConfig
+from llmtrain.dist import DistInfo
+from llmtrain.model.loss import CausalLMLoss
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports. `grad_norm` stays a tensor so no host sync is forced."""
+
+    grad_norm: torch.Tensor
+    skipped: bool
+    loss_scale: float | None = None
+
+
+class Strategy(ABC):
+    name: str = "base"
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.module: CausalLMLoss | None = None
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas; every strategy here shards data over all ranks."""
+        return self.dist.world_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dist.rank
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The (unwrapped) Hugging Face model, for its config and for generation."""
+        assert self.module is not None, "call setup() first"
+        return self.module.model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.cfg.trainer.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
+
+    @abstractmethod
+    def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
+        """Wrap the model, build the optimizer and the LR schedule (multiplier of optim.lr per step)."""
+
+    @abstractmethod
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed token loss of one micro-batch (fp32 scalar)."""
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
+        """Accumulate gradients of `loss`, already normalised to its share of the global-batch mean.
+
+        Gradients must end up as the SUM over ranks of each rank's contributions; implementations
+        whose reduction averages over ranks scale by the data-parallel size. Gradient sync may be
+        skipped until `is_last_micro`.
+        """
+
+    @abstractmethod
+    def step(self) -> StepResult:
+        """Unscale, clip to trainer.grad_clip, step optimizer and schedule, zero gradients.
+
+        A step whose gradients are not finite is skipped (weights untouched) and reported.
+        """
+
+    @abstractmethod
+    def lr(self) -> float: ...
+
+    @abstractmethod
+    def train(self, mode: bool = True) -> None: ...
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write model, optimizer, schedule and scaler state into `path` (called on every rank)."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Restore what `save` wrote (called on every rank)."""
+
+    @abstractmethod
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Consolidated model weights (HF names, on CPU) on rank 0; None on other ranks."""
+
+    @classmethod
+    @abstractmethod
+    def consolidate(cls, path: Path) -> dict[str, torch.Tensor]:
+        """Consolidated model weights read from a checkpoint folder, in one process, without a model."""
+
+    @abstractmethod
+    def memory_report(self) -> dict[str, int]:
+        """Bytes this rank holds for parameters, gradients and optimizer state."""
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        self.train(False)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(True)

@@ -1,0 +1,320 @@
+"""The training loop: read it top to bottom.
+
+setup (process group, run dir, data, model, strategy, resume) → for each step: fetch the step's
+micro-batches, count their label tokens over all ranks, forward/backward each with the loss
+normalised to the global token mean, one optimizer step → log, evaluate, checkpoint → stop reason.
+The loop only talks to the `Strategy` interface; it never asks which strategy it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmtrain.checkpoint import layout
+from llmtrain.checkpoint.compat import check_resume_compatible
+from llmtrain.checkpoint.export import TOKENIZER_DIR
+from llmtrain.checkpoint.io import load_checkpoint, save_checkpoint
+from llmtrain.cluster.signals import StopRequest
+from llmtrain.config import TrainConfig, from_yaml, to_yaml
+from llmtrain.data.loader import build_train_loader, build_val_loader
+from llmtrain.data.prepare import check_manifest, ensure_shards
+from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.dist import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    destroy,
+    init_distributed,
+    is_main_process,
+)
+from llmtrain.metrics.memory import peak_memory_gib
+from llmtrain.metrics.peak import peak_flops
+from llmtrain.model.build import DTYPES, build_model
+from llmtrain.model.flops import flops_per_token
+from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
+from llmtrain.strategy import Strategy, build_strategy
+from llmtrain.tracking.console import setup_logging
+from llmtrain.tracking.tracker import Tracker
+from llmtrain.train.evaluate import evaluate
+from llmtrain.train.rundir import resolve_run_dir
+from llmtrain.train.schedule import lr_lambda
+
+log = logging.getLogger("llmtrain")
+
+
+@dataclass
+class TrainState:
+    """Everything besides the strategy's tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float | None = None
+    nonfinite_streak: int = 0
+    skipped_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "best_val_loss": self.best_val_loss,
+            "skipped_steps": self.skipped_steps,
+            # The data position is the step: the sampler's order is a function of (seed, step).
+            "data": {"next_step": self.step},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        known = {"step", "tokens", "best_val_loss", "skipped_steps", "data", "strategy", "world_size"}
+        return cls(
+            step=d["step"],
+            tokens=d["tokens"],
+            best_val_loss=d.get("best_val_loss"),
+            skipped_steps=d.get("skipped_steps", 0),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stop_reason: str
+    final_val_loss: float | None
+    last_checkpoint: Path | None
+
+
+def _prepare_data(cfg: TrainConfig):
+    """Tokenizer and shards; rank 0 prepares missing shards while the others wait at a barrier."""
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    shards_dir = ensure_shards(cfg.data) if is_main_process() else None
+    barrier()
+    shards_dir = shards_dir or ensure_shards(cfg.data)
+    manifest = check_manifest(shards_dir, tokenizer)
+    return tokenizer, shards_dir, manifest
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    ckpt = layout.latest_checkpoint(run_dir) if is_main_process() else None
+    ckpt = broadcast_object(str(ckpt) if ckpt else None)
+    if ckpt is None:
+        return None
+    ckpt = Path(ckpt)
+    check_resume_compatible(from_yaml(ckpt / "config.yaml"), cfg, str(run_dir))
+    return ckpt
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _count_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Non-padding input tokens (padding carries document id -1)."""
+    if "document_ids" in batch:
+        return (batch["document_ids"] >= 0).sum()
+    return torch.tensor(batch["input_ids"].numel())
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
+    try:
+        return _train(cfg, dist)
+    finally:
+        destroy()
+
+
+def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
+    run_dir = resolve_run_dir(cfg)
+    setup_logging(run_dir)
+    log.info("run directory: %s", run_dir)
+    resume_from = _resume_point(cfg, run_dir)
+    if is_main_process():
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    tokenizer, shards_dir, manifest = _prepare_data(cfg)
+    if is_main_process():
+        tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+    log.info(
+        "data: %s, %s train tokens in %s docs, tokenizer vocab %d",
+        shards_dir,
+        f"{manifest['splits']['train']['num_tokens']:,}",
+        f"{manifest['splits']['train']['num_docs']:,}",
+        len(tokenizer),
+    )
+
+    # Same seed on every rank: identical initial weights everywhere (sharded engines rely on it).
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, len(tokenizer), dist.device)
+    strategy = build_strategy(cfg, dist)
+    strategy.setup(
+        CausalLMLoss(model, cfg.data.document_masking), lr_lambda(cfg.sched, cfg.trainer.max_steps)
+    )
+
+    state = TrainState()
+    if resume_from is not None:
+        state = TrainState.from_dict(load_checkpoint(resume_from, strategy))
+        log.info("resumed from %s at step %d (%s tokens)", resume_from, state.step, f"{state.tokens:,}")
+
+    accum = cfg.trainer.grad_accum_for(strategy.dp_size)
+    train_loader = build_train_loader(
+        cfg.data,
+        shards_dir,
+        global_batch_size=cfg.trainer.global_batch_size,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        dp_rank=strategy.dp_rank,
+        dp_size=strategy.dp_size,
+        seed=cfg.trainer.seed,
+        start_step=state.step,
+    )
+    val_loader = build_val_loader(
+        cfg.data,
+        shards_dir,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        dp_rank=strategy.dp_rank,
+        dp_size=strategy.dp_size,
+        max_batches=cfg.trainer.eval_batches,
+    )
+    log.info(
+        "batch: global %d = micro %d × accumulation %d × data-parallel %d; seq_len %d; strategy %s",
+        cfg.trainer.global_batch_size,
+        cfg.trainer.micro_batch_size,
+        accum,
+        strategy.dp_size,
+        cfg.data.seq_len,
+        strategy.name,
+    )
+
+    tracker = Tracker(cfg, run_dir, resume_step=state.step)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        cfg.trainer.precision, DTYPES[cfg.model.dtype]
+    )
+    flops_tok = flops_per_token(strategy.hf_model.config, cfg.data.seq_len)
+    peak = peak_flops(dist.device, compute_dtype) * dist.world_size
+    stop = StopRequest().install()
+    stop_reason = f"reached trainer.max_steps={cfg.trainer.max_steps}"
+    last_ckpt: Path | None = resume_from
+    val_loss: float | None = None
+
+    def checkpoint() -> Path:
+        return save_checkpoint(run_dir, strategy, state.to_dict(), cfg)
+
+    # Interval accumulators stay on the device; they are reduced and read only at log steps.
+    interval_loss = torch.zeros((), device=dist.device)
+    interval_labels = torch.zeros((), device=dist.device)
+    interval_tokens = torch.zeros((), device=dist.device)
+    interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
+    data_iter = iter(train_loader)
+    strategy.train(True)
+    try:
+        while state.step < cfg.trainer.max_steps:
+            t_data = time.perf_counter()
+            micro_batches = [_to_device(next(data_iter), dist.device) for _ in range(accum)]
+            data_time += time.perf_counter() - t_data
+
+            # The global label-token count makes every micro-batch's loss its exact share of the
+            # global mean, however examples of unequal length are split over micro-batches and ranks.
+            n_labels = sum((mb["labels"] != IGNORE_INDEX).sum() for mb in micro_batches).float()
+            global_labels = all_reduce_sum(n_labels.clone()).clamp(min=1)
+            step_loss = torch.zeros((), device=dist.device)
+            for i, mb in enumerate(micro_batches):
+                loss_sum = strategy.forward(mb)
+                strategy.backward(loss_sum / global_labels, is_last_micro=i == accum - 1)
+                step_loss += loss_sum.detach()
+            result = strategy.step()
+
+            state.step += 1
+            interval_steps += 1
+            interval_loss += step_loss
+            interval_labels += n_labels
+            interval_tokens += sum(_count_tokens(mb) for mb in micro_batches)
+            if result.skipped:
+                state.skipped_steps += 1
+                state.nonfinite_streak += 1
+                log.warning("step %d: non-finite gradients, update skipped", state.step)
+                if state.nonfinite_streak >= cfg.trainer.max_nonfinite_steps:
+                    stop_reason = (
+                        f"{state.nonfinite_streak} consecutive non-finite steps (trainer.max_nonfinite_steps)"
+                    )
+                    break
+            else:
+                state.nonfinite_streak = 0
+
+            if state.step % cfg.trainer.log_every == 0 or state.step == cfg.trainer.max_steps:
+                totals = all_reduce_sum(torch.stack([interval_loss, interval_labels, interval_tokens]))
+                elapsed = time.perf_counter() - interval_start
+                tokens = int(totals[2].item())
+                state.tokens += tokens
+                tokens_per_sec = tokens / elapsed
+                metrics = {
+                    "step": state.step,
+                    "loss": (totals[0] / totals[1].clamp(min=1)).item(),
+                    "lr": strategy.lr(),
+                    "grad_norm": result.grad_norm.item(),
+                    "tokens": state.tokens,
+                    "tokens_per_sec": tokens_per_sec,
+                    "mfu": flops_tok * tokens_per_sec / peak,
+                    "step_time": elapsed / interval_steps,
+                    "data_time": data_time / interval_steps,
+                    "memory_gib": peak_memory_gib(dist.device),
+                    "skipped_steps": state.skipped_steps,
+                }
+                if result.loss_scale is not None:
+                    metrics["loss_scale"] = result.loss_scale
+                tracker.log(metrics, ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"))
+                interval_loss.zero_(), interval_labels.zero_(), interval_tokens.zero_()
+                interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
+
+            if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
+                val_loss = _eval_and_log(strategy, val_loader, tracker, state)
+
+            stop_now = all_reduce_max(torch.tensor(float(stop.requested), device=dist.device)).item() > 0
+            if stop_now:
+                stop_reason = (
+                    f"stopped by {stop.signal_name or 'a signal on another rank'} at step {state.step}"
+                )
+                break
+            if state.step % cfg.trainer.save_every == 0 and state.step < cfg.trainer.max_steps:
+                last_ckpt = checkpoint()
+    finally:
+        stop.uninstall()
+
+    if state.step == cfg.trainer.max_steps and (
+        not cfg.trainer.eval_every or state.step % cfg.trainer.eval_every
+    ):
+        val_loss = _eval_and_log(strategy, val_loader, tracker, state)
+    if last_ckpt is None or layout.read_trainer_state(last_ckpt)["step"] != state.step:
+        last_ckpt = checkpoint()
+    tracker.summary(
+        {
+            "stop": stop_reason,
+            "step": state.step,
+            "tokens": state.tokens,
+            "final_val_loss": val_loss,
+            "best_val_loss": state.best_val_loss,
+            "checkpoint": str(last_ckpt),
+        }
+    )
+    log.info("stop: %s", stop_reason)
+    log.info("run directory: %s", run_dir)
+    tracker.close()
+    return TrainResult(run_dir, state.step, stop_reason, val_loss, last_ckpt)
+
+
+def _eval_and_log(strategy: Strategy, val_loader, tracker: Tracker, state: TrainState) -> float | None:
+    val_loss = evaluate(strategy, val_loader)
+    if val_loss is None:
+        return None
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        state.best_val_loss = val_loss
+    tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
+    return val_loss

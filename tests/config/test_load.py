@@ -1,0 +1,60 @@
+import pytest
+
+from llmtrain.config import ConfigError, load_config, strip_launcher_args
+
+
+def test_defaults_compose_into_typed_config():
+    cfg = load_config([])
+    assert cfg.model.name == "tiny" and cfg.data.format == "synthetic" and cfg.strategy.name == "single"
+
+
+def test_typo_in_key_fails_naming_the_key_and_the_right_one():
+    with pytest.raises(ConfigError) as err:
+        load_config(["trainer.max_stesp=5"])
+    assert "trainer.max_stesp" in str(err.value)
+    assert "did you mean trainer.max_steps" in str(err.value)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
+        load_config(["trainer.max_steps=many"])
+
+
+def test_cross_field_check_names_both_keys():
+    with pytest.raises(
+        ConfigError, match=r"model\.num_kv_heads.*model\.num_heads|model\.num_heads.*num_kv_heads"
+    ):
+        load_config(["model.num_kv_heads=3"])
+
+
+def test_unknown_choice_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="zero1, zero2, zero3"):
+        load_config(["strategy.name=zero9"])
+
+
+def test_experiment_file_overrides_groups_and_keys():
+    cfg = load_config(["+exp=pretrain", "trainer.max_steps=7"])
+    assert cfg.data.name == "tinyshakespeare"
+    assert cfg.run.name == "pretrain_tinyshakespeare"
+    assert cfg.trainer.max_steps == 7  # command line wins over the experiment file
+
+
+def test_deepspeed_local_rank_argument_is_stripped():
+    assert strip_launcher_args(["--local_rank=1", "a=1"]) == ["a=1"]
+    assert strip_launcher_args(["--local_rank", "3", "a=1"]) == ["a=1"]
+    assert load_config(["--local_rank=1", "trainer.max_steps=9"]).trainer.max_steps == 9
+
+
+def test_global_batch_must_divide_into_micro_batches_times_ranks():
+    cfg = load_config(["trainer.global_batch_size=16", "trainer.micro_batch_size=4"])
+    assert cfg.trainer.grad_accum_for(dp_size=2) == 2
+    with pytest.raises(ConfigError, match="trainer.global_batch_size=16"):
+        cfg.trainer.grad_accum_for(dp_size=3)
+    cfg = load_config(["trainer.grad_accum_steps=3", "trainer.micro_batch_size=4"])
+    with pytest.raises(ConfigError, match="contradicts"):
+        cfg.trainer.grad_accum_for(dp_size=1)
+
+
+@pytest.mark.parametrize("model", ["tiny", "small", "llama3_2_1b", "llama3_8b", "qwen2_5_0_5b"])
+def test_every_model_shape_composes(model):
+    assert load_config([f"model={model}"]).model.name == model
