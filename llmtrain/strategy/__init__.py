@@ -12,6 +12,14 @@ def strategy_class(name: str) -> type[Strategy]:
         from llmtrain.strategy.single import SingleStrategy
 
         return SingleStrategy
+    if name in ("zero1", "zero2", "zero3", "zero3_offload"):
+        from llmtrain.strategy.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy
+    if name == "fsdp":
+        from llmtrain.strategy.fsdp import FSDPStrategy
+
+        return FSDPStrategy
     raise NotImplementedError(f"strategy.name={name!r} is not implemented yet")
 
 

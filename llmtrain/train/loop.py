@@ -40,13 +40,14 @@ from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.peak import peak_flops
 from llmtrain.model.build import DTYPES, build_model
 from llmtrain.model.flops import flops_per_token
-from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
+from llmtrain.model.loss import CausalLMLoss
 from llmtrain.strategy import Strategy, build_strategy
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
 from llmtrain.train.evaluate import evaluate
 from llmtrain.train.rundir import resolve_run_dir
 from llmtrain.train.schedule import lr_lambda
+from llmtrain.train.step import train_step
 
 log = logging.getLogger("llmtrain")
 
@@ -221,21 +222,13 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
             micro_batches = [_to_device(next(data_iter), dist.device) for _ in range(accum)]
             data_time += time.perf_counter() - t_data
 
-            # The global label-token count makes every micro-batch's loss its exact share of the
-            # global mean, however examples of unequal length are split over micro-batches and ranks.
-            n_labels = sum((mb["labels"] != IGNORE_INDEX).sum() for mb in micro_batches).float()
-            global_labels = all_reduce_sum(n_labels.clone()).clamp(min=1)
-            step_loss = torch.zeros((), device=dist.device)
-            for i, mb in enumerate(micro_batches):
-                loss_sum = strategy.forward(mb)
-                strategy.backward(loss_sum / global_labels, is_last_micro=i == accum - 1)
-                step_loss += loss_sum.detach()
-            result = strategy.step()
+            out = train_step(strategy, micro_batches)
+            result = out.result
 
             state.step += 1
             interval_steps += 1
-            interval_loss += step_loss
-            interval_labels += n_labels
+            interval_loss += out.loss_sum
+            interval_labels += out.num_labels
             interval_tokens += sum(_count_tokens(mb) for mb in micro_batches)
             if result.skipped:
                 state.skipped_steps += 1

@@ -1,0 +1,80 @@
+"""The one helper every multi-process test uses: run `launch/train.py` under a real launcher.
+
+Launches are real processes (python, torchrun, deepspeed) talking over gloo on this machine;
+tests read what the run wrote (metrics.jsonl, checkpoints) rather than poking at internals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "launch" / "train.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Two ranks on two cores: one intra-op thread each, or they fight over the cores.
+    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def command(launcher: str, nproc: int, script: Path = TRAIN, args: list[str] | None = None) -> list[str]:
+    args = list(args or [])
+    if launcher == "python":
+        return [sys.executable, str(script), *args]
+    if launcher == "torchrun":
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args,
+        ]  # fmt: skip
+    if launcher == "deepspeed":
+        exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+        return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script), *args]
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def launch(
+    launcher: str,
+    nproc: int,
+    args: list[str],
+    script: Path = TRAIN,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        command(launcher, nproc, script, args),
+        cwd=REPO,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{launcher} x{nproc} failed ({proc.returncode}):\n--- stdout ---\n{proc.stdout[-6000:]}\n"
+            f"--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
