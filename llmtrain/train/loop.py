@@ -215,6 +215,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     interval_tokens = torch.zeros((), device=dist.device)
     interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
     data_iter = iter(train_loader)
+    if state.step == 0 and cfg.trainer.eval_every:
+        val_loss = _eval_and_log(strategy, val_loader, tracker, state)  # the starting point
     strategy.train(True)
     try:
         while state.step < cfg.trainer.max_steps:
