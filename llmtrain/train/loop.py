@@ -23,14 +23,10 @@ from llmtrain.checkpoint.export import TOKENIZER_DIR
 from llmtrain.checkpoint.io import load_checkpoint, save_checkpoint
 from llmtrain.cluster.signals import StopRequest
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
-from llmtrain.data.loader import build_train_loader, build_val_loader
-from llmtrain.data.prepare import check_manifest, ensure_shards
-from llmtrain.data.tokenizer import load_tokenizer
 from llmtrain.dist import (
     DistInfo,
     all_reduce_max,
     all_reduce_sum,
-    barrier,
     broadcast_object,
     destroy,
     init_distributed,
@@ -38,15 +34,14 @@ from llmtrain.dist import (
 )
 from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.peak import peak_flops
-from llmtrain.model.build import DTYPES, build_model
+from llmtrain.model.build import DTYPES
 from llmtrain.model.flops import flops_per_token
-from llmtrain.model.loss import CausalLMLoss
-from llmtrain.strategy import Strategy, build_strategy
+from llmtrain.strategy import Strategy
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
 from llmtrain.train.evaluate import evaluate
 from llmtrain.train.rundir import resolve_run_dir
-from llmtrain.train.schedule import lr_lambda
+from llmtrain.train.setup import build_loaders, build_model_and_strategy, prepare_data, to_device
 from llmtrain.train.step import train_step
 
 log = logging.getLogger("llmtrain")
@@ -95,16 +90,6 @@ class TrainResult:
     last_checkpoint: Path | None
 
 
-def _prepare_data(cfg: TrainConfig):
-    """Tokenizer and shards; rank 0 prepares missing shards while the others wait at a barrier."""
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    shards_dir = ensure_shards(cfg.data) if is_main_process() else None
-    barrier()
-    shards_dir = shards_dir or ensure_shards(cfg.data)
-    manifest = check_manifest(shards_dir, tokenizer)
-    return tokenizer, shards_dir, manifest
-
-
 def _resume_point(cfg: TrainConfig, run_dir: Path) -> Path | None:
     ckpt = layout.latest_checkpoint(run_dir) if is_main_process() else None
     ckpt = broadcast_object(str(ckpt) if ckpt else None)
@@ -113,10 +98,6 @@ def _resume_point(cfg: TrainConfig, run_dir: Path) -> Path | None:
     ckpt = Path(ckpt)
     check_resume_compatible(from_yaml(ckpt / "config.yaml"), cfg, str(run_dir))
     return ckpt
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _count_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -142,7 +123,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     if is_main_process():
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    tokenizer, shards_dir, manifest = _prepare_data(cfg)
+    data = prepare_data(cfg)
+    tokenizer, shards_dir, manifest = data.tokenizer, data.shards_dir, data.manifest
     if is_main_process():
         tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
     log.info(
@@ -153,13 +135,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
         len(tokenizer),
     )
 
-    # Same seed on every rank: identical initial weights everywhere (sharded engines rely on it).
-    torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, len(tokenizer), dist.device)
-    strategy = build_strategy(cfg, dist)
-    strategy.setup(
-        CausalLMLoss(model, cfg.data.document_masking), lr_lambda(cfg.sched, cfg.trainer.max_steps)
-    )
+    strategy = build_model_and_strategy(cfg, dist, len(tokenizer))
 
     state = TrainState()
     if resume_from is not None:
@@ -167,24 +143,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
         log.info("resumed from %s at step %d (%s tokens)", resume_from, state.step, f"{state.tokens:,}")
 
     accum = cfg.trainer.grad_accum_for(strategy.dp_size)
-    train_loader = build_train_loader(
-        cfg.data,
-        shards_dir,
-        global_batch_size=cfg.trainer.global_batch_size,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        dp_rank=strategy.dp_rank,
-        dp_size=strategy.dp_size,
-        seed=cfg.trainer.seed,
-        start_step=state.step,
-    )
-    val_loader = build_val_loader(
-        cfg.data,
-        shards_dir,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        dp_rank=strategy.dp_rank,
-        dp_size=strategy.dp_size,
-        max_batches=cfg.trainer.eval_batches,
-    )
+    train_loader, val_loader = build_loaders(cfg, shards_dir, strategy, state.step)
     log.info(
         "batch: global %d = micro %d × accumulation %d × data-parallel %d; seq_len %d; strategy %s",
         cfg.trainer.global_batch_size,
@@ -221,7 +180,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     try:
         while state.step < cfg.trainer.max_steps:
             t_data = time.perf_counter()
-            micro_batches = [_to_device(next(data_iter), dist.device) for _ in range(accum)]
+            micro_batches = [to_device(next(data_iter), dist.device) for _ in range(accum)]
             data_time += time.perf_counter() - t_data
 
             out = train_step(strategy, micro_batches)

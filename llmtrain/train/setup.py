@@ -1,0 +1,73 @@
+"""Building what a run needs, shared by the training loop and the benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmtrain.config import TrainConfig
+from llmtrain.data.loader import build_train_loader, build_val_loader
+from llmtrain.data.prepare import check_manifest, ensure_shards
+from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.dist import DistInfo, barrier, is_main_process
+from llmtrain.model.build import build_model
+from llmtrain.model.loss import CausalLMLoss
+from llmtrain.strategy import Strategy, build_strategy
+from llmtrain.train.schedule import lr_lambda
+
+
+@dataclass
+class RunData:
+    tokenizer: Any
+    shards_dir: Path
+    manifest: dict[str, Any]
+
+
+def prepare_data(cfg: TrainConfig) -> RunData:
+    """Tokenizer and shards; rank 0 prepares missing shards while the other ranks wait."""
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    shards_dir = ensure_shards(cfg.data) if is_main_process() else None
+    barrier()
+    shards_dir = shards_dir or ensure_shards(cfg.data)
+    return RunData(tokenizer, shards_dir, check_manifest(shards_dir, tokenizer))
+
+
+def build_model_and_strategy(cfg: TrainConfig, dist: DistInfo, vocab_size: int) -> Strategy:
+    # Same seed on every rank: identical initial weights everywhere (sharded engines rely on it).
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, vocab_size, dist.device)
+    strategy = build_strategy(cfg, dist)
+    strategy.setup(
+        CausalLMLoss(model, cfg.data.document_masking), lr_lambda(cfg.sched, cfg.trainer.max_steps)
+    )
+    return strategy
+
+
+def build_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy, start_step: int):
+    """(train loader positioned at `start_step`, validation loader) for this rank."""
+    train_loader = build_train_loader(
+        cfg.data,
+        shards_dir,
+        global_batch_size=cfg.trainer.global_batch_size,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        dp_rank=strategy.dp_rank,
+        dp_size=strategy.dp_size,
+        seed=cfg.trainer.seed,
+        start_step=start_step,
+    )
+    val_loader = build_val_loader(
+        cfg.data,
+        shards_dir,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        dp_rank=strategy.dp_rank,
+        dp_size=strategy.dp_size,
+        max_batches=cfg.trainer.eval_batches,
+    )
+    return train_loader, val_loader
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
