@@ -1,0 +1,1 @@
+"""Throughput benchmark: our step loop, and the same work through `transformers.Trainer`."""
