@@ -1,0 +1,1 @@
+"""Raw text to training batches: tokenizers, sources, tokenized shards, windows, sampler, loaders."""

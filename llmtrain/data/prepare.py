@@ -1,0 +1,332 @@
+"""Raw documents → tokenized shards + manifest, and the cache that reuses them.
+
+Documents stream from `llmtrain.data.sources`, are tokenized in worker processes (order kept),
+get an EOS appended (pretraining windows cut across documents; the EOS is how the model learns
+where one ends, so no BOS is added), and go to `train/` or `val/` by a hash of their index. The
+whole folder is built under a temporary name and renamed into place at the end, so a crash never
+leaves something that looks like a finished shard folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmtrain.config import DataConfig
+from llmtrain.data.errors import DataError
+from llmtrain.data.shards import FORMAT_VERSION, MANIFEST, read_manifest
+from llmtrain.data.sources import Document, iter_documents, source_fingerprint
+from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
+
+log = logging.getLogger("llmtrain")
+
+SPLITS = ("train", "val")
+# A chunk is the unit of work sent to a tokenizer process: big enough to amortise the pickling.
+_CHUNK_DOCS = 512
+_CHUNK_CHARS = 4_000_000
+_EXAMPLES_KEPT = 5
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id (0 .. vocab_size - 1) fits in it, else uint32: half the disk and page cache."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def is_val_document(index: int, val_fraction: float) -> bool:
+    """Whether document `index` is held out. A hash, not a stride, so no periodic structure in the
+    corpus (e.g. one file every N documents) ends up wholly in one split."""
+    if val_fraction <= 0:
+        return False
+    h = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest()
+    return int.from_bytes(h, "little") < val_fraction * 2**64
+
+
+def prep_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The config keys that change what the shards contain."""
+    return {
+        "format": cfg.format,
+        "text_field": cfg.text_field,
+        "text_split": cfg.text_split,
+        "hf_split": cfg.hf_split,
+        "val_fraction": cfg.val_fraction,
+        "shard_tokens": cfg.shard_tokens,
+        "synthetic_docs": cfg.synthetic_docs if cfg.format == "synthetic" else None,
+    }
+
+
+def cache_key(cfg: DataConfig) -> str:
+    """sha256 over source contents, tokenizer identity and prep settings.
+
+    File paths are left out on purpose: moving or re-mounting the same data keeps its cache entry,
+    while editing one byte of it or changing the tokenizer makes a new one.
+    """
+    sources = source_fingerprint(cfg)
+    sources = {**sources, "files": [{k: f[k] for k in ("size", "sha256")} for f in sources.get("files", [])]}
+    ident = tokenizer_identity(load_tokenizer(cfg.tokenizer))
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "sources": sources,
+        "tokenizer": {"vocab_size": ident["vocab_size"], "fingerprint": ident["fingerprint"]},
+        "settings": prep_settings(cfg),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def ensure_shards(cfg: DataConfig) -> Path:
+    """The shard folder for `cfg`: `data.shards_dir` if set, else the cache entry, prepared if missing.
+
+    Safe to race: preparation renames a finished folder into place atomically, and a loser of the
+    race keeps the winner's (identical) folder. The trainer still calls this on rank 0 first.
+    """
+    if cfg.shards_dir is not None:
+        shards_dir = Path(cfg.shards_dir)
+        read_manifest(shards_dir)
+        return shards_dir
+    shards_dir = Path(cfg.cache_dir) / f"{cfg.name}-{cache_key(cfg)[:12]}"
+    if (shards_dir / MANIFEST).is_file():
+        return shards_dir
+    log.info("preparing shards for data=%s into %s", cfg.name, shards_dir)
+    return prepare_shards(cfg, shards_dir, workers=cfg.prep_workers, progress=sys.stderr.isatty())
+
+
+def check_manifest(shards_dir: Path, tok: Any) -> dict[str, Any]:
+    """The manifest, after checking the shards were made with this tokenizer.
+
+    Ids from another vocabulary are valid integers, so training on them would run and learn noise;
+    this is the one place that catches it.
+    """
+    manifest = read_manifest(shards_dir)
+    made, now = manifest["tokenizer"], tokenizer_identity(tok)
+    if made["fingerprint"] != now["fingerprint"] or made["vocab_size"] != now["vocab_size"]:
+        raise DataError(
+            f"shards in {shards_dir} were made with tokenizer {made['name']!r} (vocab {made['vocab_size']}, "
+            f"fingerprint {made['fingerprint'][:12]}) but the model uses {now['name']!r} (vocab "
+            f"{now['vocab_size']}, fingerprint {now['fingerprint'][:12]}); re-run launch/prepare_data.py "
+            "with this data.tokenizer or point data.shards_dir at matching shards"
+        )
+    return manifest
+
+
+def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, progress: bool = True) -> Path:
+    """Tokenize the configured source into `out_dir` (which must not exist yet) and return it.
+
+    `workers`: tokenizer processes; None means `data.prep_workers`, and if that is None too, all
+    cores. With 1 (or fewer) everything runs in this process. The output does not depend on it.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise DataError(f"{out_dir} already exists; delete it or choose another output folder")
+    tok = load_tokenizer(cfg.tokenizer)
+    identity = tokenizer_identity(tok)
+    dtype = shard_dtype(identity["vocab_size"])
+    sources = source_fingerprint(cfg)
+    if workers is None:
+        workers = cfg.prep_workers if cfg.prep_workers is not None else (os.cpu_count() or 1)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        writers = {split: _ShardWriter(tmp, split, dtype, cfg.shard_tokens) for split in SPLITS}
+        started = time.perf_counter()
+        empty = _write_documents(cfg, tok, writers, workers, progress)
+        seconds = time.perf_counter() - started
+        if writers["train"].num_docs == 0:
+            raise DataError(
+                f"data={cfg.name}: no training documents ({writers['val'].num_docs} went to validation, "
+                f"{empty['count']} were empty); add data or lower data.val_fraction"
+            )
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "name": cfg.name,
+            "tokenizer": identity,
+            "dtype": dtype.name,
+            "splits": {split: w.close() for split, w in writers.items()},
+            "empty_docs": empty,
+            "sources": sources,
+            "settings": {**prep_settings(cfg), "path": cfg.path, "tokenizer": cfg.tokenizer},
+            "prep_seconds": round(seconds, 3),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if empty["count"]:
+            log.warning(
+                "data=%s: skipped %d documents with no tokens (e.g. %s); counted in %s",
+                cfg.name,
+                empty["count"],
+                ", ".join(empty["examples"]),
+                out_dir / MANIFEST,
+            )
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if (out_dir / MANIFEST).is_file():  # another process finished the same folder first
+                return out_dir
+            raise
+        return out_dir
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_documents(
+    cfg: DataConfig, tok: Any, writers: dict[str, _ShardWriter], workers: int, progress: bool
+) -> dict[str, Any]:
+    """Route every tokenized document to its split; returns the empty-document count and examples."""
+    from tqdm import tqdm
+
+    empty_count, examples = 0, []
+    # The newest train document is held back: if validation would end up empty, it moves there,
+    # which guarantees a validation document whenever val_fraction > 0 and there are two documents.
+    pending: np.ndarray | None = None
+    total = cfg.synthetic_docs if cfg.format == "synthetic" else None
+    with tqdm(total=total, unit="doc", desc=f"prepare {cfg.name}", disable=not progress) as bar:
+        for index, doc, tokens in _tokenize(cfg, tok, workers):
+            bar.update(1)
+            val = is_val_document(index, cfg.val_fraction)
+            if len(tokens) == 0:
+                empty_count += 1
+                writers["val" if val else "train"].num_empty += 1
+                if len(examples) < _EXAMPLES_KEPT:
+                    examples.append(doc.origin)
+                continue
+            if val:
+                writers["val"].add(tokens)
+            else:
+                if pending is not None:
+                    writers["train"].add(pending)
+                pending = tokens
+    if pending is not None:
+        if cfg.val_fraction > 0 and writers["val"].num_docs == 0 and writers["train"].num_docs > 0:
+            writers["val"].add(pending)
+        else:
+            writers["train"].add(pending)
+    return {"count": empty_count, "examples": examples}
+
+
+def _chunks(docs: Iterator[Document]) -> Iterator[list[Document]]:
+    chunk: list[Document] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc.text)
+        if len(chunk) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _tokenize(cfg: DataConfig, tok: Any, workers: int) -> Iterator[tuple[int, Document, np.ndarray]]:
+    """(document index, document, token ids + EOS or empty) for every document, in source order."""
+    index = 0
+    chunks = _chunks(iter_documents(cfg))
+    if workers <= 1:
+        for chunk in chunks:
+            for doc, tokens in zip(chunk, _encode_texts(tok, [d.text for d in chunk])):
+                yield index, doc, tokens
+                index += 1
+        return
+    # apply_async with a bounded queue instead of Pool.imap: imap's feeder thread would read the
+    # whole corpus ahead into memory when the tokenizers are slower than the reader.
+    max_in_flight = 2 * workers
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(cfg.tokenizer,)) as pool:
+        in_flight: deque = deque()
+        for chunk in chunks:
+            in_flight.append((chunk, pool.apply_async(_encode_in_worker, ([d.text for d in chunk],))))
+            while len(in_flight) >= max_in_flight:
+                done, result = in_flight.popleft()
+                for doc, tokens in zip(done, result.get()):
+                    yield index, doc, tokens
+                    index += 1
+        while in_flight:
+            done, result = in_flight.popleft()
+            for doc, tokens in zip(done, result.get()):
+                yield index, doc, tokens
+                index += 1
+
+
+def _encode_texts(tok: Any, texts: list[str]) -> list[np.ndarray]:
+    # split_special_tokens: a document that contains the text "</s>" must not get a real EOS id there.
+    batch = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    eos = tok.eos_token_id
+    return [np.array([*ids, eos], dtype=np.uint32) if ids else np.empty(0, dtype=np.uint32) for ids in batch]
+
+
+_worker_tokenizer: Any = None
+
+
+def _init_worker(spec: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(spec)
+
+
+def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
+    return _encode_texts(_worker_tokenizer, texts)
+
+
+class _ShardWriter:
+    """Appends documents to `split/shard_NNNNN.bin`, starting a new file once `shard_tokens` is reached.
+
+    A document is never cut between files (a shard may exceed `shard_tokens` by one document), so
+    each shard's index is self-contained.
+    """
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.root, self.split, self.dtype, self.shard_tokens = root, split, dtype, shard_tokens
+        (root / split).mkdir(parents=True)
+        self.shards: list[dict[str, Any]] = []
+        self.num_docs = self.num_tokens = self.num_empty = 0
+        self._file = None
+        self._ends: list[int] = []
+        self._shard_len = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        if self._file is None:
+            name = f"{self.split}/shard_{len(self.shards):05d}"
+            self._name = name
+            self._file = (self.root / f"{name}.bin").open("wb")
+        self._file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self._shard_len += len(tokens)
+        self._ends.append(self._shard_len)
+        self.num_docs += 1
+        self.num_tokens += len(tokens)
+        if self._shard_len >= self.shard_tokens:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        np.save(self.root / f"{self._name}.idx.npy", np.array(self._ends, dtype=np.int64))
+        self.shards.append(
+            {
+                "file": f"{self._name}.bin",
+                "index": f"{self._name}.idx.npy",
+                "num_tokens": self._shard_len,
+                "num_docs": len(self._ends),
+            }
+        )
+        self._ends, self._shard_len = [], 0
+
+    def close(self) -> dict[str, Any]:
+        if self._file is not None:
+            self._finish_shard()
+        return {
+            "num_docs": self.num_docs,
+            "num_tokens": self.num_tokens,
+            "empty_docs": self.num_empty,
+            "shards": self.shards,
+        }
