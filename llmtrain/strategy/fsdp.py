@@ -1,0 +1,259 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`): parameters, gradients and optimizer states sharded
+over all ranks, checkpoints written by every rank through torch.distributed.checkpoint (DCP).
+
+How the model is sharded, in this order (`shard_model`):
+1. Gradient checkpointing is already in place (HF's, non-reentrant, applied by `build_model`): it
+   recomputes *inside* each decoder layer's `__call__`, so the FSDP hooks registered below run again
+   during recomputation and all-gather the block's weights a second time, as they must.
+2. `fully_shard` each decoder layer: one layer's full weights exist at a time, and the all-gather of
+   layer i+1 overlaps the compute of layer i.
+3. `fully_shard` the root (`CausalLMLoss`) last: it picks up what no layer owns (embeddings, final
+   norm, lm_head), so a tied embedding/lm_head weight is one parameter in one group, and the loss is
+   computed inside the root's hooks.
+
+Mixed precision is FSDP's `MixedPrecisionPolicy`, not autocast: the sharded masters stay fp32, the
+all-gather casts them to bf16/fp16 so every matmul runs in low precision, and gradients are reduced in
+`strategy.reduce_dtype` and land as fp32 shards for the optimizer. (Autocast on top would only add
+casts; the loss module already computes cross-entropy in fp32.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from llmtrain.dist import is_distributed
+from llmtrain.metrics.memory import tensor_bytes
+from llmtrain.model.build import DTYPES
+from llmtrain.model.loss import CausalLMLoss
+from llmtrain.strategy.base import AUTOCAST_DTYPES, StepResult, Strategy
+from llmtrain.train.optim import build_optimizer
+
+# DCP keys are "<section>.<name>"; the model section holds Hugging Face parameter names, so
+# stripping "model." from a key gives the name `from_pretrained` expects.
+MODEL_SECTION = "model"
+OPTIM_SECTION = "optim"
+# The wrapper's attribute holding the HF model: module FQNs are "model." + HF name.
+WRAPPER_PREFIX = "model."
+STATE_FILE = "schedule_state.pt"
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of an HF causal LM, found by the class names HF never splits.
+
+    `_no_split_modules` names the decoder layer class of every HF architecture (LlamaDecoderLayer,
+    Qwen2DecoderLayer, ...), so this works without knowing where the architecture keeps its layers.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise RuntimeError(
+            f"strategy=fsdp: found no decoder layers in {type(model).__name__} (its _no_split_modules is "
+            f"{sorted(names) or 'empty'}); FSDP would shard the whole model as one unit"
+        )
+    return layers
+
+
+def shard_model(
+    module: CausalLMLoss,
+    mesh,
+    param_dtype: torch.dtype | None,
+    reduce_dtype: torch.dtype,
+    reshard_after_forward: bool,
+    cpu_offload: bool,
+) -> None:
+    """Apply FSDP2 in place: each decoder layer, then the root (see the module docstring)."""
+    kwargs = {
+        "mesh": mesh,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype),
+    }
+    if cpu_offload:
+        # Pinned host memory only helps (and only exists) with an accelerator to copy to.
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+    layers = decoder_layers(module.model)
+    for i, layer in enumerate(layers):
+        # Backward starts with the last layer right after forward ends: resharding it would only
+        # make FSDP all-gather the same weights again at once.
+        fully_shard(layer, reshard_after_forward=reshard_after_forward and i < len(layers) - 1, **kwargs)
+    fully_shard(module, reshard_after_forward=reshard_after_forward, **kwargs)
+
+
+def _hf_names(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(WRAPPER_PREFIX): v for k, v in model_state.items()}
+
+
+def _module_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {WRAPPER_PREFIX + k: v for k, v in hf_state.items()}
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+class FSDPStrategy(Strategy):
+    name = "fsdp"
+
+    def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
+        if not is_distributed():
+            # FSDP2 and DCP need a process group even alone (one process resuming a sharded run,
+            # `python launch/train.py strategy=fsdp`): a one-rank group on an in-memory store.
+            tdist.init_process_group(
+                "nccl" if self.dist.device.type == "cuda" else "gloo",
+                store=tdist.HashStore(),
+                rank=0,
+                world_size=1,
+            )
+        mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
+        shard_model(
+            module,
+            mesh,
+            param_dtype=AUTOCAST_DTYPES.get(self.cfg.trainer.precision),
+            reduce_dtype=DTYPES[self.cfg.strategy.reduce_dtype],
+            reshard_after_forward=self.cfg.strategy.reshard_after_forward,
+            cpu_offload=self.cfg.strategy.cpu_offload,
+        )
+        self.module = module
+        # Built on the sharded DTensor parameters: each rank's optimizer states cover its shards only.
+        self.optimizer = build_optimizer(self.cfg.optim, module, self.dist.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        # GradScaler handles DTensor gradients: its inf check on a sharded gradient is reduced
+        # (max) over the mesh, so every rank skips the same steps and keeps the same scale.
+        self.scaler = torch.amp.GradScaler(
+            self.dist.device.type, enabled=self.cfg.trainer.precision == "fp16"
+        )
+
+    @property
+    def fsdp_module(self) -> FSDPModule:
+        assert isinstance(self.module, FSDPModule), "call setup() first"
+        return self.module
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # No autocast: the MixedPrecisionPolicy already computes in param_dtype (module docstring).
+        return self.module(
+            input_ids=batch["input_ids"],
+            labels=batch["labels"],
+            position_ids=batch.get("position_ids"),
+            document_ids=batch.get("document_ids"),
+        )
+
+    def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
+        # Until the last micro-batch, gradients accumulate unsharded on each rank and are
+        # reduce-scattered once, instead of once per micro-batch.
+        self.fsdp_module.set_requires_gradient_sync(is_last_micro)
+        # The reduce-scatter averages over ranks; the loop's normalisation wants the sum. (Scaling
+        # the loss rather than the reduction keeps FSDP on its default, backend-portable AVG op.)
+        self.scaler.scale(loss * self.dp_size).backward()
+
+    def step(self) -> StepResult:
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.trainer.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        if isinstance(grad_norm, DTensor):  # a partial norm per rank until reduced
+            grad_norm = grad_norm.full_tensor()
+        # The norm covers every shard on every rank, so all ranks take the same decision.
+        finite = bool(torch.isfinite(grad_norm))
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        if self.scaler.is_enabled():
+            # GradScaler skips optimizer.step itself when any rank found inf/nan while unscaling.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            self.scheduler.step()
+        return StepResult(grad_norm=grad_norm.detach(), skipped=not finite, loss_scale=scale_before)
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+
+    def _dcp_state(self) -> dict[str, dict]:
+        # Flattened optimizer state ("state.<fqn>.exp_avg") is keyed by parameter name only, so
+        # DCP can reshard it onto any world size.
+        model_state, optim_state = get_state_dict(
+            self.module, self.optimizer, options=StateDictOptions(flatten_optimizer_state_dict=True)
+        )
+        return {MODEL_SECTION: _hf_names(model_state), OPTIM_SECTION: optim_state}
+
+    def save(self, path: Path) -> None:
+        # Every rank writes its own shards (__<rank>_0.distcp); rank 0 adds the metadata.
+        dcp.save(self._dcp_state(), checkpoint_id=path)
+        if self.dist.is_main:
+            # Schedule and loss scale are the same on every rank: one small file.
+            torch.save(
+                {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()},
+                path / STATE_FILE,
+            )
+
+    def load(self, path: Path) -> None:
+        # DCP reads whatever slices this rank's shards need, so the checkpoint may come from any
+        # number of ranks.
+        state = self._dcp_state()
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(
+            self.module,
+            self.optimizer,
+            model_state_dict=_module_names(state[MODEL_SECTION]),
+            optim_state_dict=state[OPTIM_SECTION],
+            options=StateDictOptions(flatten_optimizer_state_dict=True),
+        )
+        extra = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.scaler.load_state_dict(extra["scaler"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        # Collective: every rank takes part in the all-gather; only rank 0 keeps the result.
+        state = get_model_state_dict(
+            self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return _hf_names(state) if self.dist.is_main else None
+
+    @classmethod
+    def consolidate(cls, path: Path) -> dict[str, torch.Tensor]:
+        """Full weights (HF names, the dtype they were trained in) from the DCP files of `path`.
+
+        Allocates each model tensor at its full size from the checkpoint metadata and lets DCP
+        fill it from every rank's file: no model, no process group.
+        """
+        reader = dcp.FileSystemReader(str(path))
+        prefix = MODEL_SECTION + "."
+        weights = {
+            key.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
+            for key, meta in reader.read_metadata().state_dict_metadata.items()
+            if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+        }
+        if not weights:
+            raise RuntimeError(
+                f"{path}: no '{prefix}*' tensors in this DCP checkpoint; was it written by strategy=fsdp?"
+            )
+        dcp.load({MODEL_SECTION: weights}, storage_reader=reader, no_dist=True)
+        return weights
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of this rank's shards (DTensor local tensors), not of the full tensors."""
+        params = list(self.module.parameters())
+        states = [_local(t) for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        return {
+            "param_bytes": tensor_bytes(_local(p) for p in params),
+            "grad_bytes": tensor_bytes(_local(p) for p in params if p.requires_grad),
+            "optimizer_bytes": tensor_bytes(states),
+        }

@@ -1,0 +1,90 @@
+"""One global step through `train_step` on a hand-made batch; rank 0 dumps the full gradient.
+
+Run alone (`python`) or under torchrun: `fsdp_grad_step.py OUT.pt MICRO_BATCH [overrides...]`.
+The global batch (GLOBAL examples, fixed seed) is the same however it is split: rank r takes the
+r-th contiguous slice, cut into micro-batches of MICRO_BATCH. Label counts per example are very
+unequal, so a loss normalised per micro-batch or per rank instead of per global token count would
+give a visibly different gradient (tests/strategy/test_fsdp.py checks that too).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from llmtrain.config import load_config
+from llmtrain.dist import init_distributed
+from llmtrain.model.build import build_model
+from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
+from llmtrain.strategy import build_strategy
+from llmtrain.train.step import train_step
+
+GLOBAL = 4
+SEQ_LEN = 32
+VOCAB = 256
+# Labels kept per example: one full, three almost empty.
+KEEP = (SEQ_LEN, 1, 3, 6)
+MODEL = [
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    f"model.vocab_size={VOCAB}",
+    "model.max_position_embeddings=64",
+    f"data.seq_len={SEQ_LEN}",
+    "trainer.device=cpu",
+]
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, VOCAB, (GLOBAL, SEQ_LEN), generator=gen)
+    labels = torch.randint(0, VOCAB, (GLOBAL, SEQ_LEN), generator=gen)
+    for i, keep in enumerate(KEEP):
+        labels[i, keep:] = IGNORE_INDEX
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def full_grads(strategy) -> dict[str, torch.Tensor]:
+    """Name → full gradient (sharded DTensor gradients are gathered: collective)."""
+    out = {}
+    for name, p in strategy.module.named_parameters():
+        g = p.grad
+        if hasattr(g, "full_tensor"):
+            g = g.full_tensor()
+        out[name.removeprefix("model.")] = g.detach().clone()
+    return out
+
+
+def main(out: str, micro: int, overrides: list[str]) -> None:
+    cfg = load_config(
+        [*MODEL, f"trainer.global_batch_size={GLOBAL}", f"trainer.micro_batch_size={micro}", *overrides]
+    )
+    dist = init_distributed("cpu", cfg.strategy.timeout_s)
+    torch.manual_seed(cfg.trainer.seed)
+    strategy = build_strategy(cfg, dist)
+    strategy.setup(CausalLMLoss(build_model(cfg.model, VOCAB, dist.device), False), lambda step: 1.0)
+
+    per_rank = GLOBAL // dist.world_size
+    mine = {k: v[dist.rank * per_rank : (dist.rank + 1) * per_rank] for k, v in global_batch().items()}
+    micro_batches = [{k: v[i : i + micro] for k, v in mine.items()} for i in range(0, per_rank, micro)]
+    assert len(micro_batches) == cfg.trainer.grad_accum_for(dist.world_size)
+
+    captured = {}
+    step = strategy.step
+
+    def capture_then_step():
+        captured.update(full_grads(strategy))
+        return step()
+
+    strategy.step = capture_then_step
+    result = train_step(strategy, micro_batches)
+    if dist.rank == 0:
+        torch.save({"grads": captured, "grad_norm": float(result.result.grad_norm)}, out)
+    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
