@@ -1,7 +1,11 @@
 """One place that records metrics: the console line, `metrics.jsonl`, and W&B when enabled.
 
 Only rank 0 constructs a writing tracker; other ranks get one that drops everything, so callers
-never branch on rank.
+never branch on rank. The files in the run dir are the record of truth: they are written first and
+do not depend on W&B, which is a mirror that may fail (see `wandb_run.py`).
+
+Run dir files: `metrics.jsonl` (one object per log call, `step` first), `samples.jsonl` (generation
+samples), `environment.json`, and `summary.json` at the end.
 """
 
 from __future__ import annotations
@@ -9,15 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
-from llmtrain.config import TrainConfig
-from llmtrain.dist import is_main_process
+from llmtrain.config import TrainConfig, to_dict
+from llmtrain.dist import get_world_size, is_main_process
 
 log = logging.getLogger("llmtrain")
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+# Key in `TrainState.extra` (saved in every checkpoint) holding the W&B run id of this run.
+WANDB_RUN_ID = "wandb_run_id"
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -32,39 +41,110 @@ def _fmt(key: str, value: Any) -> str:
     return f"{key} {value}"
 
 
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf; a diverged loss is recorded as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class Tracker:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, resume_step: int = 0) -> None:
+    """Console + run-dir files always; W&B too when `logger.name=wandb`.
+
+    `run_state` is the trainer's checkpointed dict (`TrainState.extra`): the W&B run id is created
+    once, stored there, and found there again when the run resumes, so a requeued job continues the
+    same W&B run instead of starting a new one.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        resume_step: int = 0,
+        run_state: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = is_main_process()
+        self.run_dir = run_dir
         self.path = run_dir / METRICS_FILE
+        self.samples_path = run_dir / SAMPLES_FILE
         self.cfg = cfg
-        if self.enabled and resume_step > 0 and self.path.exists():
-            self._truncate_after(resume_step)
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop lines logged after the checkpoint we resume from: they will be logged again."""
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def log(self, metrics: dict[str, Any], console_keys: tuple[str, ...] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.wandb = None
         if not self.enabled:
             return
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
-        }
+        last_logged_step = max((m["step"] for m in _read_jsonl(self.path)), default=-1)
+        # Lines after the checkpoint we resume from will be logged again; a fresh start (no
+        # checkpoint) logs everything again, step 0 included.
+        keep_through = resume_step if resume_step > 0 else -1
+        for path in (self.path, self.samples_path):
+            self._truncate_after(path, keep_through)
+
+        from llmtrain.tracking.environment import collect_environment, write_environment
+
+        environment = collect_environment(world_size=get_world_size())
+        write_environment(run_dir, environment)
+        if cfg.logger.name == "wandb":
+            from llmtrain.tracking.wandb_run import WandbRun, new_run_id
+
+            state = run_state if run_state is not None else {}
+            resuming = WANDB_RUN_ID in state
+            run_id = state.setdefault(WANDB_RUN_ID, new_run_id())
+            config = {**to_dict(cfg), "environment": environment}
+            # Steps the previous process logged are already in the W&B run only if we continue it.
+            seen = last_logged_step if resuming else -1
+            self.wandb = WandbRun(cfg, run_dir, run_id, config, seen)
+
+    @staticmethod
+    def _truncate_after(path: Path, step: int) -> None:
+        if path.exists():
+            kept = [m for m in _read_jsonl(path) if m["step"] <= step]
+            path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+
+    def log(self, metrics: dict[str, Any], console_keys: tuple[str, ...] | None = None) -> None:
+        """Record one step's metrics; `metrics["step"]` is the training step (W&B's x-axis too)."""
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}) + "\n")
         keys = console_keys or tuple(k for k in metrics if k != "step")
         log.info(
             "step %d | %s", metrics["step"], " | ".join(_fmt(k, metrics[k]) for k in keys if k in metrics)
         )
+        if self.wandb is not None:
+            step = metrics["step"]
+            self.wandb.log(step, {k: v for k, v in metrics.items() if k != "step"})
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]], key: str = "samples") -> None:
+        """Generation samples (e.g. prompt / completion / reference per row) at a training step.
+
+        Appended to `samples.jsonl` (one line per row, with `step` and `key`) and, with W&B, logged
+        as one `wandb.Table` so samples from different steps can be read side by side.
+        """
+        if not self.enabled or not rows:
+            return
+        with open(self.samples_path, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, "key": key, **row}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log_table(step, key, rows)
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.enabled:
-            log.info("summary: %s", ", ".join(_fmt(k, v) for k, v in values.items()))
+        """End-of-run values (stop reason, final/best val loss, tokens); adds this process's wall time."""
+        if not self.enabled:
+            return
+        values = {**values, "wall_time_s": round(time.perf_counter() - self.started, 3)}
+        log.info("summary: %s", ", ".join(_fmt(k, v) for k, v in values.items()))
+        (self.run_dir / SUMMARY_FILE).write_text(
+            json.dumps({k: _finite_or_none(v) for k, v in values.items()}, indent=2) + "\n"
+        )
+        if self.wandb is not None:
+            self.wandb.summary(values)
 
     def close(self) -> None:
-        pass
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

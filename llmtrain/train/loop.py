@@ -154,7 +154,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
         strategy.name,
     )
 
-    tracker = Tracker(cfg, run_dir, resume_step=state.step)
+    tracker = Tracker(cfg, run_dir, resume_step=state.step, run_state=state.extra)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         cfg.trainer.precision, DTYPES[cfg.model.dtype]
     )
