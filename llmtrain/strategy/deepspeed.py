@@ -1,0 +1,306 @@
+"""DeepSpeed ZeRO 1/2/3 (optionally offloaded to CPU) behind the `Strategy` interface.
+
+The DeepSpeed JSON config is generated from our typed config (batch sizes, precision, clipping,
+ZeRO stage and offload) and `strategy.ds_config` is deep-merged over it, so any DeepSpeed key can
+still be reached. We bring our own optimizer and LR schedule; DeepSpeed owns the engine, the loss
+scaler, gradient reduction, clipping and the sharded checkpoint format.
+
+The engine has opinions that differ from the loop's contract; each is mapped here and nowhere else:
+- it averages gradients over data-parallel ranks and divides the loss by gradient_accumulation_steps,
+  while the loop hands us losses already normalised to their share of the global token mean and
+  wants the SUM of contributions: we scale by dp_size and pass `scale_wrt_gas=False`;
+- it counts micro-batches in `engine.step()`: we call it after every micro-batch (off-boundary calls
+  only advance the counter) and check its idea of the accumulation boundary against the loop's.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as tdist
+from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import safe_get_full_fp32_param
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+from llmtrain.checkpoint import layout
+from llmtrain.config import ConfigError, TrainConfig
+from llmtrain.dist import DistInfo, is_distributed
+from llmtrain.metrics.memory import tensor_bytes
+from llmtrain.model.loss import CausalLMLoss
+from llmtrain.strategy.base import StepResult, Strategy
+from llmtrain.train.optim import build_optimizer, param_groups
+
+log = logging.getLogger(__name__)
+
+# Fixed tag of the one DeepSpeed checkpoint inside a step folder: our layout already names the step.
+CHECKPOINT_TAG = "zero"
+# Our CausalLMLoss wraps the HF model as `.model`; HF names are the ones below it.
+MODULE_PREFIX = "model."
+STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`: nested dicts merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def zero_stage(cfg: TrainConfig) -> int:
+    """The ZeRO stage, named by `strategy.name`; `strategy.zero_stage` may only agree with it."""
+    stage = STAGES[cfg.strategy.name]
+    if cfg.strategy.zero_stage not in (0, stage):
+        raise ConfigError(
+            f"strategy.zero_stage={cfg.strategy.zero_stage} contradicts strategy.name={cfg.strategy.name} "
+            f"(stage {stage}); pick the stage with strategy=zero1|zero2|zero3"
+        )
+    return stage
+
+
+def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dict[str, Any]:
+    """The DeepSpeed JSON config for this run: generated keys, then `strategy.ds_config` over them."""
+    stage = zero_stage(cfg)
+    trainer, strat = cfg.trainer, cfg.strategy
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": strat.overlap_comm,
+        "contiguous_gradients": strat.contiguous_gradients,
+        "reduce_bucket_size": strat.reduce_bucket_size,
+    }
+    # Pinned host buffers only help (and only work) with a CUDA device to copy to.
+    pin = device.type == "cuda"
+    if strat.offload_optimizer or strat.name == "zero3_offload":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if strat.offload_params or strat.name == "zero3_offload":
+        if stage != 3:
+            raise ConfigError(f"strategy.offload_params needs ZeRO stage 3, got strategy.name={strat.name}")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+    generated: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
+        "gradient_accumulation_steps": trainer.grad_accum_for(dp_size),
+        "train_batch_size": trainer.global_batch_size,
+        # 0 disables clipping in DeepSpeed too; its clip coefficient matches clip_grad_norm_'s.
+        "gradient_clipping": trainer.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": trainer.precision == "bf16"},
+        # Dynamic loss scaling with torch.amp.GradScaler's defaults (init 2**16, grow after 2000
+        # clean steps), so fp16 behaves like the single strategy's. loss_scale 0 means dynamic.
+        "fp16": {
+            "enabled": trainer.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 2000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        # We log steps ourselves; DeepSpeed's own progress lines would duplicate them.
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    return deep_merge(generated, strat.ds_config)
+
+
+def _ensure_process_group(timeout_s: int) -> None:
+    """DeepSpeed needs a process group even alone; reuse the job's, or make a 1-rank one.
+
+    With torch.distributed already initialised (by `llmtrain.dist.init_distributed`, gloo on CPU,
+    with `strategy.timeout_s`), `deepspeed.init_distributed` only wraps the existing group, so our
+    bounded timeout is the one every ZeRO collective runs under. A lone process (`python
+    launch/train.py strategy=zero2`) has no group: an in-memory 1-rank one avoids DeepSpeed's
+    MPI discovery and needs no free port.
+    """
+    if not is_distributed():
+        tdist.init_process_group(
+            "gloo",
+            store=tdist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    deepspeed.init_distributed(
+        dist_backend=tdist.get_backend(), timeout=datetime.timedelta(seconds=timeout_s)
+    )
+
+
+class DeepSpeedStrategy(Strategy):
+    """ZeRO stage from `strategy.name` (zero1, zero2, zero3, zero3_offload)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
+        super().__init__(cfg, dist)
+        self.name = cfg.strategy.name
+        self.stage = zero_stage(cfg)
+        if cfg.trainer.precision == "fp16" and not get_accelerator().is_fp16_supported():
+            raise ConfigError(
+                f"trainer.precision=fp16: DeepSpeed's {get_accelerator().device_name()} accelerator does not "
+                "support fp16 here; use trainer.precision=bf16 or fp32 (fp16 needs a GPU)"
+            )
+        if cfg.model.dtype != "float32" and cfg.trainer.precision == "fp32":
+            raise ConfigError(
+                f"model.dtype={cfg.model.dtype} with trainer.precision=fp32 under DeepSpeed: DeepSpeed keeps "
+                "the parameters in the dtype trainer.precision names; set trainer.precision=bf16 instead"
+            )
+        # DeepSpeed logs its whole config and every engine detail at INFO; we log the config once.
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+    def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
+        self.module = module
+        _ensure_process_group(self.cfg.strategy.timeout_s)
+        self.ds_config = build_ds_config(self.cfg, self.dp_size, self.dist.device)
+        log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
+        offload = "offload_optimizer" in self.ds_config["zero_optimization"]
+        self.basic_optimizer = self._build_optimizer(module, offload)
+        # A callable, so the LambdaLR is built on the optimizer DeepSpeed actually steps. Owned by the
+        # engine, it is stepped only on applied updates and saved/loaded with the engine checkpoint.
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module,
+            optimizer=self.basic_optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
+            config=self.ds_config,
+            dist_init_required=False,
+        )
+
+    def _build_optimizer(self, module: CausalLMLoss, offload: bool) -> torch.optim.Optimizer:
+        """Our AdamW; DeepSpeed's CPU Adam when optimizer states live on the host.
+
+        ZeRO-Offload refuses a torch optimizer by default (`zero_force_ds_cpu_optimizer`): stepping
+        fp32 states on the host is only fast with its vectorised kernel (JIT-built on first use).
+        """
+        if not offload:
+            return build_optimizer(self.cfg.optim, module, self.dist.device)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        o = self.cfg.optim
+        return DeepSpeedCPUAdam(
+            param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=True
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # No autocast: with bf16/fp16 enabled DeepSpeed holds the module's weights in that dtype
+        # (fp32 masters in the optimizer), so the forward already computes in it; the loss is fp32
+        # (CausalLMLoss upcasts the logits). Autocast on top would only add casts.
+        return self.engine(
+            input_ids=batch["input_ids"],
+            labels=batch["labels"],
+            position_ids=batch.get("position_ids"),
+            document_ids=batch.get("document_ids"),
+        )
+
+    def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
+        # DeepSpeed uses the boundary flag during backward to decide when to reduce gradients; if
+        # its micro-step count disagreed with ours, gradients would be reduced at the wrong time.
+        if self.engine.is_gradient_accumulation_boundary() != is_last_micro:
+            raise RuntimeError(
+                f"DeepSpeed's accumulation boundary ({self.engine.is_gradient_accumulation_boundary()}) "
+                f"disagrees with the loop's (is_last_micro={is_last_micro}): its "
+                f"gradient_accumulation_steps={self.engine.gradient_accumulation_steps()} must equal the "
+                "number of micro-batches per step (do not override it in strategy.ds_config)"
+            )
+        # The engine averages gradients over data-parallel ranks (the loop wants their sum) and by
+        # default divides by gradient_accumulation_steps (the loop already normalised the loss).
+        self.engine.backward(loss * self.dp_size, scale_wrt_gas=False)
+        if not is_last_micro:
+            # Off the boundary engine.step() only advances DeepSpeed's micro-step counter.
+            self.engine.step()
+
+    def step(self) -> StepResult:
+        fp16 = self.cfg.trainer.precision == "fp16"
+        scale_before = float(self.engine.optimizer.loss_scale) if fp16 else None
+        skipped_before = self.engine.skipped_steps
+        self.engine.step()  # reduce (stage 1), clip, optimizer and schedule step, zero gradients
+        norm = self.engine.get_global_grad_norm()
+        grad_norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach()
+        # DeepSpeed skips the update (weights, optimizer state and schedule untouched) on fp16
+        # overflow and, since ZeRO checks the norm for every dtype, on a non-finite bf16/fp32 norm.
+        skipped = self.engine.skipped_steps > skipped_before
+        return StepResult(grad_norm=grad_norm, skipped=skipped, loss_scale=scale_before)
+
+    def lr(self) -> float:
+        return self.engine.lr_scheduler.get_last_lr()[0]
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def save(self, path: Path) -> None:
+        # Collective: each rank writes its own optimizer (and, for ZeRO-3, parameter) partition.
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False)
+
+    def load(self, path: Path) -> None:
+        saved_world = layout.read_trainer_state(path.parent)["world_size"]
+        if saved_world != self.dist.world_size:
+            # ZeRO partitions are cut per rank; DeepSpeed's universal-checkpoint conversion covers
+            # only some layouts. Exporting keeps the weights (not the optimizer state).
+            raise RuntimeError(
+                f"{path.parent} was written by {saved_world} {self.name} ranks, this run has "
+                f"{self.dist.world_size}: DeepSpeed cannot reshard its ZeRO checkpoint here. Export the "
+                f"weights with `python launch/export_hf.py {path.parent} OUT` and start a new run "
+                "(new run.dir) with model.pretrained=OUT (optimizer state restarts), or resume on "
+                f"{saved_world} ranks"
+            )
+        load_path, _ = self.engine.load_checkpoint(
+            str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"{path}/{CHECKPOINT_TAG}: no DeepSpeed checkpoint to load")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """fp32 master weights (HF names) on rank 0. Collective: every rank must call it.
+
+        `safe_get_full_fp32_param` assembles a parameter from its optimizer partitions on every
+        stage (ZeRO-3 also gathers the sharded parameter), so all ranks walk the parameters in the
+        same order. Frozen parameters have no fp32 master; they are gathered as stored.
+        """
+        out: dict[str, torch.Tensor] = {}
+        seen: dict[int, torch.Tensor | None] = {}
+        for name, p in self.hf_model.named_parameters(remove_duplicate=False):
+            if id(p) not in seen:
+                full = safe_get_full_fp32_param(p) if p.requires_grad else None
+                if full is None:
+                    with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+                        full = p.detach().clone()
+                seen[id(p)] = full.detach().to("cpu", torch.float32) if self.dist.is_main else None
+            out[name] = seen[id(p)]
+        if not self.dist.is_main:
+            return None
+        persistent = self.hf_model.state_dict().keys()
+        out.update({n: b.detach().cpu() for n, b in self.hf_model.named_buffers() if n in persistent})
+        return out
+
+    @classmethod
+    def consolidate(cls, path: Path) -> dict[str, torch.Tensor]:
+        """fp32 weights from the ZeRO partitions of every stage, in one process, on CPU."""
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=CHECKPOINT_TAG)
+        return {k.removeprefix(MODULE_PREFIX): v for k, v in state.items()}
+
+    def memory_report(self) -> dict[str, int]:
+        """What this rank holds under its ZeRO stage.
+
+        Parameters: ZeRO-3 keeps only its partition (`ds_tensor`) between uses. Optimizer: the
+        fp32 master partition (a copy even in fp32 mode) and the AdamW moments, all partitioned
+        from stage 1 on. Gradients: DeepSpeed frees and reuses its buffers between steps, so we
+        report what the stage keeps per step: a full copy (stage 1) or this rank's share (2, 3),
+        accumulated in fp32 (the grad dtype of the masters).
+        """
+        params = list(self.module.parameters())
+        param_bytes = tensor_bytes(p.ds_tensor for p in params) if self.stage == 3 else tensor_bytes(params)
+        trainable = sum(p.ds_numel if self.stage == 3 else p.numel() for p in params if p.requires_grad)
+        grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dp_size)
+        states = [t for s in self.basic_optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        masters = [p for g in self.basic_optimizer.param_groups for p in g["params"]]
+        return {
+            "param_bytes": param_bytes,
+            "grad_bytes": grad_numel * 4,
+            "optimizer_bytes": tensor_bytes(states) + tensor_bytes(masters),
+        }
