@@ -42,7 +42,9 @@ def test_tinyshakespeare_paragraphs_and_tokens_match_sentencepiece(shared_data, 
     model = shared_data / "llama2_tokenizer.model"
     cfg = DataConfig(path=str(shared_data / "tinyshakespeare.txt"), format="text", tokenizer=str(model))
     m = manifest(prepare_shards(cfg, tmp_path / "shards", workers=1, progress=False))
-    paragraphs = [p.strip("\n") for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    paragraphs = [
+        p.strip("\n") for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()
+    ]
     expected_tokens = sum(
         len(ids) + 1 for ids in spm.SentencePieceProcessor(model_file=str(model)).encode(paragraphs)
     )

@@ -51,7 +51,7 @@ def test_jsonl_non_string_text_field_raises(tmp_path):
 
 def test_non_utf8_raises_with_file_line_and_byte_offset(tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("first line\nsecond caf".encode() + "é\n".encode("latin-1"))
+    path.write_bytes(b"first line\nsecond caf" + "é\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.txt:2: not valid UTF-8 at byte offset 21"):
         docs(path)
 

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from llmtrain.config import DataConfig
+from llmtrain.data.loader import build_train_loader, build_val_loader
+from llmtrain.data.sampler import GlobalBatchSampler
+
+
+@pytest.fixture
+def shards(make_shards):
+    return make_shards([f"document {i} " * (1 + i % 5) for i in range(300)], val_fraction=0.2)
+
+
+def test_train_loader_yields_the_samplers_micro_batches(shards):
+    cfg = DataConfig(seq_len=16, loader_workers=0)
+    loader = build_train_loader(cfg, shards, 8, 2, dp_rank=1, dp_size=2, seed=3, start_step=5)
+    n = len(loader.dataset)
+    expected = list(itertools.islice(iter(GlobalBatchSampler(n, 8, 2, 1, 2, 3, start_step=5)), 6))
+    got = list(itertools.islice(iter(loader), 6))
+    assert [b["sample_index"].tolist() for b in got] == expected
+    assert got[0]["input_ids"].shape == got[0]["labels"].shape == (2, 16)
+
+
+def test_worker_processes_give_the_same_batches_as_in_process(shards):
+    def first(workers: int) -> list:
+        cfg = DataConfig(seq_len=16, loader_workers=workers, prefetch_factor=2)
+        loader = build_train_loader(cfg, shards, 4, 2, 0, 1, seed=0, start_step=0)
+        return [b["input_ids"].tolist() for b in itertools.islice(iter(loader), 5)]
+
+    assert first(2) == first(0)
+
+
+def test_val_loader_gives_equal_disjoint_shares_capped_at_max_batches(shards):
+    cfg = DataConfig(seq_len=16)
+    shares = [build_val_loader(cfg, shards, 2, rank, 2, max_batches=3) for rank in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    seen = [i for s in shares for b in s for i in b["sample_index"].tolist()]
+    assert seen == list(range(12))  # the first 3 * 2 * 2 windows, in order
+    everything = build_val_loader(cfg, shards, 4, 0, 1, max_batches=10_000)
+    assert sum(len(b["sample_index"]) for b in everything) == len(everything.dataset)
