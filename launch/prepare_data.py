@@ -53,4 +53,6 @@ if __name__ == "__main__":
             f"  {name}: {split['num_docs']:,} docs, {split['num_tokens']:,} tokens, {len(split['shards'])} shards"
         )
     print(f"  empty documents skipped: {manifest['empty_docs']['count']:,}")
-    print(f"  prepared at {tokens / max(manifest['prep_seconds'], 1e-9):,.0f} tokens/s; this call took {seconds:.1f}s")
+    print(
+        f"  prepared at {tokens / max(manifest['prep_seconds'], 1e-9):,.0f} tokens/s; this call took {seconds:.1f}s"
+    )
