@@ -84,8 +84,11 @@ def resolve_files(cfg: DataConfig) -> list[tuple[Path, str]]:
         if not files:
             raise DataError(f"data.path={raw!r} matches no files (relative to {Path.cwd()})")
     elif path.is_dir():
+        # Hidden files and folders inside the directory (.git, editor swap files) are not data.
         files = sorted(
-            p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
             raise DataError(f"data.path={raw!r} is a directory with no files in it")

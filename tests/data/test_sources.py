@@ -70,10 +70,12 @@ def test_text_line_and_file_splits(tmp_path):
     assert [d.text for d in docs(path, text_split="file")] == ["one\n\ntwo"]
 
 
-def test_directory_reads_files_sorted_and_glob_matches(tmp_path):
-    (tmp_path / "d").mkdir()
+def test_directory_reads_files_sorted_skipping_hidden_and_glob_matches(tmp_path):
+    tmp_path = tmp_path / ".inside_a_hidden_parent"
+    (tmp_path / "d").mkdir(parents=True)
     (tmp_path / "d" / "b.jsonl").write_text('{"text": "from b"}\n')
     (tmp_path / "d" / "a.txt").write_text("from a\n")
+    (tmp_path / "d" / ".hidden.txt").write_text("editor swap file\n")
     assert [d.text for d in docs(tmp_path / "d")] == ["from a", "from b"]
     assert [d.text for d in docs(tmp_path / "d" / "*.jsonl")] == ["from b"]
     with pytest.raises(DataError, match="matches no files"):
