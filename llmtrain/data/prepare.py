@@ -290,14 +290,14 @@ class _ShardWriter:
         self.shards: list[dict[str, Any]] = []
         self.num_docs = self.num_tokens = self.num_empty = 0
         self._file = None
+        self._name = ""  # "split/shard_NNNNN" of the open shard
         self._ends: list[int] = []
         self._shard_len = 0
 
     def add(self, tokens: np.ndarray) -> None:
         if self._file is None:
-            name = f"{self.split}/shard_{len(self.shards):05d}"
-            self._name = name
-            self._file = (self.root / f"{name}.bin").open("wb")
+            self._name = f"{self.split}/shard_{len(self.shards):05d}"
+            self._file = (self.root / f"{self._name}.bin").open("wb")
         self._file.write(tokens.astype(self.dtype, copy=False).tobytes())
         self._shard_len += len(tokens)
         self._ends.append(self._shard_len)
