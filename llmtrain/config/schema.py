@@ -33,6 +33,12 @@ PARAM_DTYPES = ("float32", "bfloat16", "float16")
 STRATEGIES = ("single", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "synthetic")
+DATA_KINDS = ("pretrain", "sft")
+# SFT: how a row is read into a conversation (`auto` looks at the first row's fields).
+SFT_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "synthetic")
+CHAT_TEMPLATES = ("auto", "tokenizer", "chatml", "llama3", "alpaca")
+SFT_TRUNCATIONS = ("drop", "truncate_turns")
+BAD_EXAMPLE_POLICIES = ("skip", "error")
 TEXT_SPLITS = ("paragraph", "line", "file")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -118,8 +124,11 @@ class DataConfig:
     """Where training text comes from, how it is tokenized, and how it is cut into samples."""
 
     name: str = "synthetic"
+    # pretrain: documents cut into windows; sft: conversations with loss on assistant turns only.
+    kind: str = "pretrain"
     # Raw source: a file, a directory, a glob, or `hf:NAME` for a Hugging Face dataset.
     path: str | None = None
+    # pretrain: text|jsonl|parquet|hf|synthetic|auto. sft: alpaca|sharegpt|messages|synthetic|auto.
     format: str = "synthetic"
     # Field holding the text in jsonl / parquet / Hugging Face rows.
     text_field: str = "text"
@@ -149,8 +158,46 @@ class DataConfig:
     loader_workers: int = 1
     prefetch_factor: int = 4
 
+    # --- SFT (kind=sft) ---
+    # auto: the tokenizer's own chat_template when it has one, else chatml. `tokenizer` insists on it.
+    chat_template: str = "auto"
+    # System message added to conversations that have none (some templates require one).
+    system_prompt: str | None = None
+    # Train on every token (prompts too), not only assistant replies.
+    train_on_prompt: bool = False
+    # Conversations longer than seq_len + 1 tokens: drop them, or keep the leading whole turns.
+    truncation: str = "truncate_turns"
+    # Several examples per sequence, attention and positions separated per example.
+    packing: bool = False
+    # Rename fields: canonical name -> the dataset's field, e.g. {instruction: prompt, output: response}.
+    # Canonical names: instruction input output system history conversations messages tools role content.
+    fields: dict[str, str] = field(default_factory=dict)
+    # Extra role names: the dataset's role value -> user|assistant|system|tool|tool_call.
+    role_names: dict[str, str] = field(default_factory=dict)
+    # Use only the first N examples of the source (None: all).
+    max_examples: int | None = None
+    # A malformed example: skip it (counted, first reasons logged, listed in the manifest) or stop.
+    on_bad_example: str = "skip"
+    # Conversations of the generated instruction set (format=synthetic, kind=sft).
+    synthetic_examples: int = 3000
+
     def __post_init__(self) -> None:
-        _one_of(self.format, "data.format", DATA_FORMATS)
+        _one_of(self.kind, "data.kind", DATA_KINDS)
+        _one_of(self.format, "data.format", SFT_FORMATS if self.kind == "sft" else DATA_FORMATS)
+        _one_of(self.chat_template, "data.chat_template", CHAT_TEMPLATES)
+        _one_of(self.truncation, "data.truncation", SFT_TRUNCATIONS)
+        _one_of(self.on_bad_example, "data.on_bad_example", BAD_EXAMPLE_POLICIES)
+        if self.max_examples is not None:
+            _require(
+                self.max_examples > 0, "data.max_examples", f"must be > 0 or null, got {self.max_examples}"
+            )
+        if self.packing:
+            _require(self.kind == "sft", "data.packing", "packs SFT examples; it needs data.kind=sft")
+            _require(
+                self.document_masking,
+                "data.document_masking",
+                "must be true when data.packing=true, or packed examples would attend to each other",
+            )
         _one_of(self.text_split, "data.text_split", TEXT_SPLITS)
         _require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
         _require(
@@ -191,6 +238,9 @@ class TrainerConfig:
     device: str = "auto"
     # Stop (and report) after this many consecutive non-finite losses.
     max_nonfinite_steps: int = 3
+    # SFT: user messages answered (greedy) at every evaluation, logged to the console and metrics.
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
         _require(self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")

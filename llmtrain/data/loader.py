@@ -14,6 +14,15 @@ from llmtrain.data.sampler import GlobalBatchSampler
 from llmtrain.data.shards import TokenShards
 
 
+def _samples(cfg: DataConfig, shards_dir: Path, split: str):
+    """(dataset, collate function) of one split: pretraining windows or SFT rows (`data.kind`)."""
+    if cfg.kind == "sft":
+        from llmtrain.data.sft_dataset import sft_rows
+
+        return sft_rows(cfg, shards_dir, split)
+    return PretrainWindows(TokenShards(shards_dir, split), cfg.seq_len, cfg.document_masking), collate
+
+
 def build_train_loader(
     cfg: DataConfig,
     shards_dir: Path,
@@ -28,7 +37,7 @@ def build_train_loader(
 
     Each step is `global_batch_size / (micro_batch_size * dp_size)` consecutive micro-batches.
     """
-    windows = PretrainWindows(TokenShards(shards_dir, "train"), cfg.seq_len, cfg.document_masking)
+    windows, collate_fn = _samples(cfg, shards_dir, "train")
     sampler = GlobalBatchSampler(
         len(windows), global_batch_size, micro_batch_size, dp_rank, dp_size, seed, start_step
     )
@@ -36,7 +45,7 @@ def build_train_loader(
     return DataLoader(
         windows,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         num_workers=workers,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
         persistent_workers=workers > 0,
@@ -59,11 +68,11 @@ def build_val_loader(
     few windows that do not divide evenly are left out. Loaded in this process: reads are small and
     a fresh worker pool at every evaluation would cost more than it saves.
     """
-    windows = PretrainWindows(TokenShards(shards_dir, "val"), cfg.seq_len, cfg.document_masking)
+    windows, collate_fn = _samples(cfg, shards_dir, "val")
     budget = min(len(windows), max_batches * micro_batch_size * dp_size)
     share = budget // dp_size
     mine = list(range(dp_rank * share, (dp_rank + 1) * share))
     batches = [mine[i : i + micro_batch_size] for i in range(0, share, micro_batch_size)]
     return DataLoader(
-        windows, batch_sampler=batches, collate_fn=collate, pin_memory=torch.cuda.is_available()
+        windows, batch_sampler=batches, collate_fn=collate_fn, pin_memory=torch.cuda.is_available()
     )

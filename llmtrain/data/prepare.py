@@ -91,6 +91,10 @@ def ensure_shards(cfg: DataConfig) -> Path:
     Safe to race: preparation renames a finished folder into place atomically, and a loser of the
     race keeps the winner's (identical) folder. The trainer still calls this on rank 0 first.
     """
+    if cfg.kind == "sft":
+        from llmtrain.data.sft_prepare import ensure_sft_cache
+
+        return ensure_sft_cache(cfg)
     if cfg.shards_dir is not None:
         shards_dir = Path(cfg.shards_dir)
         read_manifest(shards_dir)

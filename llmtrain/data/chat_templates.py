@@ -1,0 +1,323 @@
+"""Chat templates: a conversation to token ids, cut into segments that are trained on or not.
+
+Why segments and not "render the whole text, then search for the assistant replies": searching
+decoded text breaks on tokenizers whose tokens straddle the reply's edges and on replies that repeat
+the prompt. Here each piece is tokenized on its own and the ids are concatenated, so which tokens
+belong to an assistant reply is known by construction. Training, evaluation and `launch/generate.py`
+all go through `ChatTemplate`, so a prompt is tokenized identically everywhere.
+
+Two implementations of one interface:
+- `NamedTemplate` (chatml, llama3, alpaca): ours, for tokenizers without a chat template. A reply
+  ends with the template's end-of-turn token when the tokenizer has it as one token (`<|im_end|>`,
+  `<|eot_id|>`), else with the tokenizer's eos, so generation can always stop on one id. User
+  content is tokenized with special tokens split, so text like "</s>" in data cannot inject one.
+- `TokenizerTemplate`: the tokenizer's own Jinja `chat_template`, rendered with `apply_chat_template`
+  for each growing prefix of the conversation; the text a reply adds is its segment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from llmtrain.data.errors import DataError
+from llmtrain.data.formats import Conversation, Message
+
+# A piece of a rendered conversation: text to tokenize, or a token id.
+Piece = str | int
+
+
+class TemplateError(DataError):
+    """The chat template cannot work for this data at all (not one malformed example): stop the run."""
+
+
+@dataclass
+class Segment:
+    ids: list[int]
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class NamedSpec:
+    """One of our templates. `{content}` is the message text; `{end}` the end-of-turn token."""
+
+    system: str
+    user: str
+    # Opens an assistant turn: the generation prompt. Never trained on.
+    assistant_prompt: str
+    # The reply itself: trained on (including its end token).
+    assistant: str
+    # Between a reply and the next turn; not trained on.
+    after_assistant: str
+    # A function call made by the assistant (trained on), and the function's result (not).
+    tool_call: str
+    tool: str
+    # Appended to the system message when the example describes tools.
+    tools_in_system: str
+    # Preferred end-of-turn token; the tokenizer's eos when it lacks it as a single token.
+    end_token: str | None = None
+    default_system: str | None = None
+
+
+NAMED_TEMPLATES: dict[str, NamedSpec] = {
+    "chatml": NamedSpec(
+        system="<|im_start|>system\n{content}{end}\n",
+        user="<|im_start|>user\n{content}{end}\n",
+        assistant_prompt="<|im_start|>assistant\n",
+        assistant="{content}{end}",
+        after_assistant="\n",
+        tool_call="<tool_call>\n{content}\n</tool_call>{end}",
+        tool="<|im_start|>tool\n<tool_response>\n{content}\n</tool_response>{end}\n",
+        tools_in_system="\n\n# Tools\n\nYou may call functions. Their signatures:\n<tools>\n{content}\n</tools>",
+        end_token="<|im_end|>",
+    ),
+    "llama3": NamedSpec(
+        system="<|start_header_id|>system<|end_header_id|>\n\n{content}{end}",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}{end}",
+        assistant_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant="{content}{end}",
+        after_assistant="",
+        tool_call="{content}{end}",
+        tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}{end}",
+        tools_in_system="\n\nYou have access to these functions; call one with a JSON object:\n{content}",
+        end_token="<|eot_id|>",
+    ),
+    "alpaca": NamedSpec(
+        system="{content}\n\n",
+        user="### Instruction:\n{content}\n\n",
+        assistant_prompt="### Response:\n",
+        assistant="{content}{end}",
+        after_assistant="\n\n",
+        tool_call="Action: {content}{end}",
+        tool="### Observation:\n{content}\n\n",
+        tools_in_system="\n\nAvailable functions:\n{content}",
+        default_system=(
+            "Below is an instruction that describes a task. Write a response that appropriately completes "
+            "the request."
+        ),
+    ),
+}
+
+
+class ChatTemplate:
+    """A template bound to a tokenizer."""
+
+    name: str
+    # The token that closes an assistant reply (None: the template adds none, which the audit rejects).
+    end_token_id: int | None
+
+    def encode(self, conv: Conversation) -> list[Segment]:
+        """The whole conversation; assistant replies (and tool calls) are the trainable segments."""
+        raise NotImplementedError
+
+    def encode_prompt(self, conv: Conversation) -> list[int]:
+        """Token ids that ask for the next assistant reply: `conv` (ending in a user or tool turn)
+        followed by the generation prompt. Equals the prefix `encode` produces before that reply."""
+        raise NotImplementedError
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        ids = [i for i in (self.end_token_id, tokenizer.eos_token_id) if i is not None]
+        return list(dict.fromkeys(ids))
+
+
+def resolve_chat_template(name: str, tokenizer: Any, system_prompt: str | None = None) -> ChatTemplate:
+    """`data.chat_template` for this tokenizer: auto = its own template when it has one, else chatml."""
+    own = getattr(tokenizer, "chat_template", None)
+    if name == "tokenizer" or (name == "auto" and own):
+        if not own:
+            raise DataError(
+                "data.chat_template=tokenizer but the tokenizer has no chat_template; choose one of "
+                f"{', '.join(NAMED_TEMPLATES)} (or auto)"
+            )
+        return TokenizerTemplate(tokenizer, system_prompt)
+    return NamedTemplate("chatml" if name == "auto" else name, tokenizer, system_prompt)
+
+
+def _single_token_id(tokenizer: Any, token: str | None) -> int | None:
+    if token is None:
+        return None
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+class NamedTemplate(ChatTemplate):
+    def __init__(self, name: str, tokenizer: Any, system_prompt: str | None = None) -> None:
+        if name not in NAMED_TEMPLATES:
+            raise DataError(
+                f"data.chat_template={name!r} is unknown; choose one of {', '.join(NAMED_TEMPLATES)}"
+            )
+        self.name = name
+        self.spec = NAMED_TEMPLATES[name]
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt if system_prompt is not None else self.spec.default_system
+        self.end_token_id = _single_token_id(tokenizer, self.spec.end_token)
+        if self.end_token_id is None:
+            self.end_token_id = tokenizer.eos_token_id
+        bos = tokenizer.bos_token_id
+        self.bos: list[Piece] = [bos] if bos is not None else []
+
+    def _fill(self, template: str, content: str) -> list[Piece]:
+        """Template text (special tokens recognised), content (as plain text) and end ids, in order."""
+        pieces: list[Piece] = []
+        for k, part in enumerate(template.split("{end}")):
+            if k:
+                pieces.append(self.end_token_id)
+            before, sep, after = part.partition("{content}")
+            pieces.append(before)
+            if sep:
+                pieces.append(Content(content))
+                pieces.append(after)
+        return [p for p in pieces if p != ""]
+
+    def _system(self, conv: Conversation) -> list[Message]:
+        msgs = list(conv.messages)
+        has_system = bool(msgs) and msgs[0].role == "system"
+        system = msgs[0].content if has_system else self.system_prompt
+        if conv.tools:
+            tools = self.spec.tools_in_system.replace("{content}", conv.tools)
+            system = system + tools if system else tools.lstrip()
+        rest = msgs[1:] if has_system else msgs
+        return ([Message("system", system)] if system else []) + rest
+
+    def _spans(self, conv: Conversation) -> list[tuple[list[Piece], bool]]:
+        spans: list[tuple[list[Piece], bool]] = [(list(self.bos), False)]
+        s = self.spec
+        for msg in self._system(conv):
+            if msg.role in ("assistant", "tool_call"):
+                spans.append((self._fill(s.assistant_prompt, ""), False))
+                body = s.assistant if msg.role == "assistant" else s.tool_call
+                spans.append((self._fill(body, msg.content), True))
+                spans.append((self._fill(s.after_assistant, ""), False))
+            else:
+                template = {"system": s.system, "user": s.user, "tool": s.tool}[msg.role]
+                spans.append((self._fill(template, msg.content), False))
+        return spans
+
+    def _tokenize(self, pieces: list[Piece]) -> list[int]:
+        ids: list[int] = []
+        for p in pieces:
+            if isinstance(p, int):
+                ids.append(p)
+            elif isinstance(p, Content):
+                ids += self.tokenizer(str(p), add_special_tokens=False, split_special_tokens=True).input_ids
+            else:
+                ids += self.tokenizer(p, add_special_tokens=False).input_ids
+        return ids
+
+    def encode(self, conv: Conversation) -> list[Segment]:
+        return [
+            Segment(self._tokenize(pieces), trainable) for pieces, trainable in self._spans(conv) if pieces
+        ]
+
+    def encode_prompt(self, conv: Conversation) -> list[int]:
+        ids = [i for seg in self.encode(conv) for i in seg.ids]
+        return ids + self._tokenize(self._fill(self.spec.assistant_prompt, ""))
+
+
+class Content(str):
+    """Message text inside a template: tokenized with special tokens split (no injection)."""
+
+
+class TokenizerTemplate(ChatTemplate):
+    name = "tokenizer"
+
+    def __init__(self, tokenizer: Any, system_prompt: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.special_ids = set(tokenizer.all_special_ids)
+        # The end-of-turn token is whatever special token closes a reply in a probe conversation
+        # (with a system message too, for templates that insist on one).
+        reply: list[Segment] = []
+        for system in ((), (Message("system", "You are a helpful assistant."),)):
+            probe = Conversation((*system, Message("user", "1 + 1?"), Message("assistant", "2")))
+            try:
+                reply = [
+                    s for s in self.encode(probe, "the chat template's probe conversation") if s.trainable
+                ]
+                break
+            except TemplateError:
+                raise
+            except DataError:
+                continue
+        self.end_token_id = reply[-1].ids[-1] if reply and reply[-1].ids[-1] in self.special_ids else None
+
+    def _hf_messages(self, conv: Conversation) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.system_prompt and (not conv.messages or conv.messages[0].role != "system"):
+            out.append({"role": "system", "content": self.system_prompt})
+        for m in conv.messages:
+            if m.role == "tool_call":
+                try:
+                    call = json.loads(m.content)
+                    fn = {"name": call["name"], "arguments": call.get("arguments", {})}
+                    out.append(
+                        {
+                            "role": "assistant",
+                            "content": "",
+                            "tool_calls": [{"type": "function", "function": fn}],
+                        }
+                    )
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    out.append({"role": "assistant", "content": m.content})
+            else:
+                out.append({"role": m.role, "content": m.content})
+        return out
+
+    def _render(self, messages: list[dict[str, Any]], tools: Any, generation: bool, where: str) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=generation
+            )
+        except Exception as exc:  # Jinja raise_exception / TemplateError / KeyError inside the template
+            raise DataError(
+                f"{where}: the tokenizer's chat template rejected the conversation ({exc}). If it needs a "
+                "system message the data lacks, set data.system_prompt; or pick data.chat_template="
+                f"{'|'.join(NAMED_TEMPLATES)}"
+            ) from exc
+
+    def _tools(self, conv: Conversation) -> Any:
+        if not conv.tools:
+            return None
+        try:
+            tools = json.loads(conv.tools)
+        except json.JSONDecodeError:
+            return None
+        return tools if isinstance(tools, list) else [tools]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode(
+        self, conv: Conversation, where: str = "conversation", generation: bool = False
+    ) -> list[Segment]:
+        msgs, tools = self._hf_messages(conv), self._tools(conv)
+        segments: list[Segment] = []
+        done = ""
+        for k, msg in enumerate(msgs):
+            if msg["role"] != "assistant":
+                continue
+            prompt = self._render(msgs[:k], tools, True, where)
+            full = self._render(msgs[: k + 1], tools, False, where)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise TemplateError(
+                    f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
+                    "(a longer prefix changes earlier text), so assistant replies cannot be located; set "
+                    f"data.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
+                )
+            segments.append(Segment(self._ids(prompt[len(done) :]), False))
+            reply = self._ids(full[len(prompt) :])
+            # Train up to and including the reply's last special token (its end of turn); text the
+            # template puts after it (a newline) belongs to the next prompt.
+            cut = max((i + 1 for i, t in enumerate(reply) if t in self.special_ids), default=len(reply))
+            segments.append(Segment(reply[:cut], True))
+            segments.append(Segment(reply[cut:], False))
+            done = full
+        rest = self._render(msgs, tools, generation, where)
+        if not rest.startswith(done):
+            raise TemplateError(f"{where}: the tokenizer's chat template does not render turn by turn")
+        segments.append(Segment(self._ids(rest[len(done) :]), False))
+        return [s for s in segments if s.ids]
+
+    def encode_prompt(self, conv: Conversation) -> list[int]:
+        return [i for s in self.encode(conv, "prompt", generation=True) for i in s.ids]
