@@ -123,15 +123,23 @@ class WandbRun:
         if self._run is None:
             return
         run, self._run = self._run, None
-        offline = bool(getattr(run.settings, "_offline", False))
-        run_id = run.id
-        if not self._failed:
-            self._failed = True  # a second finish, or a log after it, is a no-op
+
+        def finish() -> tuple[bool, str]:
+            offline = bool(getattr(run.settings, "_offline", False))
+            run_id = run.id
+            run.finish()
+            return offline, run_id
+
+        if self._failed:
+            # Still release wandb's resources, but the one warning has been given already.
             try:
-                run.finish()
+                finish()
             except Exception as exc:
-                log.warning("W&B finish failed (%s: %s)", type(exc).__name__, exc)
-        if offline:
-            segments = sorted((self.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+                log.debug("W&B finish after an earlier failure: %s", exc)
+            return
+        closed = self._guarded("finish", finish)
+        self._failed = True  # a later log or a second finish is a no-op
+        if closed is not None and closed[0]:
+            segments = sorted((self.run_dir / "wandb").glob(f"offline-run-*-{closed[1]}"))
             if segments:
                 log.info("W&B run saved offline; upload it with: wandb sync %s", " ".join(map(str, segments)))
