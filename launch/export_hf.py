@@ -12,6 +12,9 @@ if __name__ == "__main__":
         "checkpoint", type=Path, help="a run directory (uses its latest checkpoint) or a step folder"
     )
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument(
+        "--adapter-only", action="store_true", help="LoRA runs: write the peft adapter alone instead of merging it"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
-    print(export_hf(args.checkpoint, args.out_dir))
+    print(export_hf(args.checkpoint, args.out_dir, adapter_only=args.adapter_only))

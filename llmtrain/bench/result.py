@@ -18,17 +18,32 @@ class BenchResult:
     world_size: int = 1
     memory: dict[str, int] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    # Non-padding tokens per step (all ranks). None: every slot is a real token (pretraining windows).
+    effective_tokens_per_step: float | None = None
 
     @property
     def tokens_per_sec(self) -> float:
         return self.tokens_per_step / self.step_time_s
 
     @property
+    def effective_tokens_per_sec(self) -> float:
+        """Real (non-pad) tokens per second: the number that compares packed with padded SFT."""
+        real = (
+            self.tokens_per_step if self.effective_tokens_per_step is None else self.effective_tokens_per_step
+        )
+        return real / self.step_time_s
+
+    @property
     def mfu(self) -> float:
         return self.flops_per_token * self.tokens_per_sec / self.peak_flops
 
     def to_dict(self) -> dict:
-        return dict(asdict(self), tokens_per_sec=self.tokens_per_sec, mfu=self.mfu)
+        return dict(
+            asdict(self),
+            tokens_per_sec=self.tokens_per_sec,
+            effective_tokens_per_sec=self.effective_tokens_per_sec,
+            mfu=self.mfu,
+        )
 
 
 def table(results: list[BenchResult]) -> str:
@@ -44,6 +59,12 @@ def table(results: list[BenchResult]) -> str:
         base = results[-1]
         for r in results[:-1]:
             lines.append(f"{r.name} / {base.name}: {r.tokens_per_sec / base.tokens_per_sec:.2f}x tokens/s")
+    for r in results:
+        if r.effective_tokens_per_step is not None:
+            lines.append(
+                f"{r.name}: {r.effective_tokens_per_sec:,.0f} non-pad tokens/s "
+                f"({100 * r.effective_tokens_per_step / r.tokens_per_step:.1f}% of the seq_len slots)"
+            )
     mem = [r for r in results if r.memory]
     for r in mem:
         lines.append(

@@ -10,6 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmtrain.checkpoint import layout
+from llmtrain.config import from_yaml
+from llmtrain.model.lora import is_lora_state, load_lora_model, merged_state_dict
 from llmtrain.strategy import strategy_class
 
 log = logging.getLogger(__name__)
@@ -17,16 +19,33 @@ log = logging.getLogger(__name__)
 TOKENIZER_DIR = "tokenizer"
 
 
-def export_hf(checkpoint_or_run_dir: Path, out_dir: Path) -> Path:
+def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = False) -> Path:
     """Consolidate the checkpoint's (possibly sharded) weights into `out_dir`; returns `out_dir`.
 
     Runs in one process, needs no GPU and no process group: each strategy knows how to read its
-    own shards (`Strategy.consolidate`).
+    own shards (`Strategy.consolidate`). A LoRA run is exported with its adapters merged into the
+    base weights (a plain HF model), or with `adapter_only` as a peft adapter folder.
     """
     ckpt = layout.resolve_checkpoint(Path(checkpoint_or_run_dir))
     state = layout.read_trainer_state(ckpt)
     weights = strategy_class(state["strategy"]).consolidate(ckpt / "model")
     config = AutoConfig.from_pretrained(ckpt / "hf_config")
+    if is_lora_state(weights):
+        model_cfg = from_yaml(ckpt / "config.yaml").model
+        lora = model_cfg.lora
+        if adapter_only:
+            if model_cfg.pretrained is None:
+                log.warning("the LoRA base model was a random init: the adapter is only usable with it")
+            out_dir = Path(out_dir)
+            adapter = load_lora_model(config, weights, lora)
+            adapter.peft_config["default"].base_model_name_or_path = model_cfg.pretrained
+            adapter.save_pretrained(out_dir)
+            _copy_tokenizer(ckpt, out_dir)
+            log.info("exported the LoRA adapter of %s (step %d) to %s", ckpt, state["step"], out_dir)
+            return out_dir
+        weights = merged_state_dict(config, weights, lora)
+    elif adapter_only:
+        raise ValueError(f"{ckpt} holds no LoRA adapter (model.lora.r was 0); export it without --adapter-only")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
@@ -39,11 +58,15 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    _copy_tokenizer(ckpt, out_dir)
+    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
+    return out_dir
+
+
+def _copy_tokenizer(ckpt: Path, out_dir: Path) -> None:
     tokenizer = ckpt.parent.parent / TOKENIZER_DIR
     if tokenizer.is_dir():
         for f in tokenizer.iterdir():
             shutil.copy2(f, out_dir / f.name)
     else:
         log.warning("no tokenizer folder at %s: exported weights only", tokenizer)
-    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
-    return out_dir

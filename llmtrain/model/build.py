@@ -87,6 +87,10 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) ->
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with ZeRO-3/FSDP2 parameter hooks and with frozen inputs.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.r > 0:
+        from llmtrain.model.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora, cfg.pretrained)
     log.info(
         "model: %s (%s), %.2fM parameters, attention=%s, dtype=%s",
         cfg.name,

@@ -37,11 +37,15 @@ class CausalLMLoss(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         logits = self.logits(input_ids, position_ids, document_ids)
+        if labels is None:
+            # Generation: logits through the root module's forward, so sharded engines (FSDP2 root,
+            # ZeRO-3) gather their weights exactly as in training (llmtrain.train.samples).
+            return logits
         # Cross-entropy in fp32: bf16 log-softmax over a 32k+ vocabulary loses visible precision.
         return F.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"

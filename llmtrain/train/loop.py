@@ -36,11 +36,13 @@ from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.peak import peak_flops
 from llmtrain.model.build import DTYPES
 from llmtrain.model.flops import flops_per_token
+from llmtrain.model.generate import save_chat_settings
 from llmtrain.strategy import Strategy
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
 from llmtrain.train.evaluate import evaluate
 from llmtrain.train.rundir import resolve_run_dir
+from llmtrain.train.samples import PromptSampler
 from llmtrain.train.setup import build_loaders, build_model_and_strategy, prepare_data, to_device
 from llmtrain.train.step import train_step
 
@@ -127,6 +129,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     tokenizer, shards_dir, manifest = data.tokenizer, data.shards_dir, data.manifest
     if is_main_process():
         tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+        if cfg.data.kind == "sft":  # exports carry it, so launch/generate.py formats prompts alike
+            save_chat_settings(run_dir / TOKENIZER_DIR, cfg.data.chat_template, cfg.data.system_prompt)
     log.info(
         "data: %s, %s train tokens in %s docs, tokenizer vocab %d",
         shards_dir,
@@ -155,6 +159,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     )
 
     tracker = Tracker(cfg, run_dir, resume_step=state.step, run_state=state.extra)
+    sampler = PromptSampler(cfg, tokenizer) if cfg.trainer.sample_prompts else None
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         cfg.trainer.precision, DTYPES[cfg.model.dtype]
     )
@@ -175,7 +180,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
     data_iter = iter(train_loader)
     if state.step == 0 and cfg.trainer.eval_every:
-        val_loss = _eval_and_log(strategy, val_loader, tracker, state)  # the starting point
+        val_loss = _eval_and_log(strategy, val_loader, tracker, state, sampler)  # the starting point
     strategy.train(True)
     try:
         while state.step < cfg.trainer.max_steps:
@@ -229,7 +234,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
                 interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
 
             if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
-                val_loss = _eval_and_log(strategy, val_loader, tracker, state)
+                val_loss = _eval_and_log(strategy, val_loader, tracker, state, sampler)
 
             stop_now = all_reduce_max(torch.tensor(float(stop.requested), device=dist.device)).item() > 0
             if stop_now:
@@ -245,7 +250,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     if state.step == cfg.trainer.max_steps and (
         not cfg.trainer.eval_every or state.step % cfg.trainer.eval_every
     ):
-        val_loss = _eval_and_log(strategy, val_loader, tracker, state)
+        val_loss = _eval_and_log(strategy, val_loader, tracker, state, sampler)
     if last_ckpt is None or layout.read_trainer_state(last_ckpt)["step"] != state.step:
         last_ckpt = checkpoint()
     tracker.summary(
@@ -264,7 +269,14 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     return TrainResult(run_dir, state.step, stop_reason, val_loss, last_ckpt)
 
 
-def _eval_and_log(strategy: Strategy, val_loader, tracker: Tracker, state: TrainState) -> float | None:
+def _eval_and_log(
+    strategy: Strategy, val_loader, tracker: Tracker, state: TrainState, sampler: PromptSampler | None = None
+) -> float | None:
+    if sampler is not None:
+        rows = sampler(strategy)
+        for row in rows:
+            log.info("step %d | sample | %r -> %r", state.step, row["prompt"], row["completion"])
+        tracker.log_samples(state.step, rows)
     val_loss = evaluate(strategy, val_loader)
     if val_loss is None:
         return None
