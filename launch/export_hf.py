@@ -13,7 +13,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument(
-        "--adapter-only", action="store_true", help="LoRA runs: write the peft adapter alone instead of merging it"
+        "--adapter-only",
+        action="store_true",
+        help="LoRA runs: write the peft adapter alone instead of merging it",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(name)s: %(message)s")

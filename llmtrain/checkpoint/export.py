@@ -45,7 +45,9 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
             return out_dir
         weights = merged_state_dict(config, weights, lora)
     elif adapter_only:
-        raise ValueError(f"{ckpt} holds no LoRA adapter (model.lora.r was 0); export it without --adapter-only")
+        raise ValueError(
+            f"{ckpt} holds no LoRA adapter (model.lora.r was 0); export it without --adapter-only"
+        )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
