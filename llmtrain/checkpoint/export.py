@@ -48,11 +48,12 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
         raise ValueError(
             f"{ckpt} holds no LoRA adapter (model.lora.r was 0); export it without --adapter-only"
         )
+    if config.tie_word_embeddings:
+        _fill_tied_embedding(weights)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
+    if missing or unexpected:
         raise RuntimeError(
             f"{ckpt}: checkpoint weights do not match the model: missing {missing}, unexpected {unexpected}"
         )
@@ -63,6 +64,15 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
     _copy_tokenizer(ckpt, out_dir)
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     return out_dir
+
+
+def _fill_tied_embedding(weights: dict[str, torch.Tensor]) -> None:
+    """Tied input/output embeddings are one tensor saved under either name (safetensors keeps one
+    of a shared pair, engines differ in which): make both names present before loading."""
+    pair = ("model.embed_tokens.weight", "lm_head.weight")
+    for have, want in (pair, pair[::-1]):
+        if have in weights and want not in weights:
+            weights[want] = weights[have]
 
 
 def _copy_tokenizer(ckpt: Path, out_dir: Path) -> None:
