@@ -1,0 +1,168 @@
+"""SFT preparation: truncation by whole turns, the pre-flight audit and its hard errors, skipped
+examples counted in the manifest, and the cache that makes a rerun skip tokenization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmtrain.config import DataConfig
+from llmtrain.data import sft_prepare
+from llmtrain.data.chat_templates import resolve_chat_template
+from llmtrain.data.errors import DataError
+from llmtrain.data.formats import Conversation, Message
+from llmtrain.data.prepare import check_manifest, ensure_shards
+from llmtrain.data.sft import tokenize_conversation
+from llmtrain.data.sft_dataset import SFTExamples
+from llmtrain.data.shards import MANIFEST
+from llmtrain.data.tokenizer import load_tokenizer
+
+
+def two_rounds() -> Conversation:
+    return Conversation(
+        (
+            Message("user", "a" * 20),
+            Message("assistant", "b" * 20),
+            Message("user", "c" * 20),
+            Message("assistant", "d" * 20),
+        )
+    )
+
+
+def test_truncate_turns_keeps_leading_whole_rounds_and_their_end_token():
+    tok = load_tokenizer("byte")
+    template = resolve_chat_template("alpaca", tok, system_prompt="")
+    full, outcome = tokenize_conversation(two_rounds(), template, 10_000, "truncate_turns", False, "t")
+    assert outcome == "kept"
+    cut, outcome = tokenize_conversation(
+        two_rounds(), template, len(full.ids) - 5, "truncate_turns", False, "t"
+    )
+    assert outcome == "truncated" and cut.truncated
+    labels = cut.ids[1:][cut.loss_mask[1:] == 1]
+    assert tok.decode(labels, skip_special_tokens=False) == "b" * 20 + "</s>"
+    assert cut.ids[-1] == tok.eos_token_id  # ends right after the kept reply
+
+
+def test_drop_and_nothing_left_are_reported_outcomes_not_examples():
+    tok = load_tokenizer("byte")
+    template = resolve_chat_template("alpaca", tok, system_prompt="")
+    assert tokenize_conversation(two_rounds(), template, 60, "drop", False, "t") == (None, "too_long")
+    assert tokenize_conversation(two_rounds(), template, 10, "truncate_turns", False, "t") == (
+        None,
+        "no_trainable_left",
+    )
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_cfg(tmp_path: Path, path: Path, **kw: object) -> DataConfig:
+    settings = {
+        "name": "t",
+        "kind": "sft",
+        "format": "auto",
+        "path": str(path),
+        "tokenizer": "byte",
+        "chat_template": "chatml",
+        "seq_len": 128,
+        "val_fraction": 0.0,
+        "cache_dir": str(tmp_path / "cache"),
+        **kw,
+    }
+    return DataConfig(**settings)
+
+
+GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+BAD = [
+    {"messages": []},
+    {"messages": [{"role": "assistant", "content": "a"}]},
+    {"messages": [{"role": "user", "content": "q"}]},
+    {"conversations": "not a list"},
+]
+
+
+def test_malformed_examples_are_skipped_and_counted_in_the_manifest(tmp_path: Path):
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [GOOD, *BAD, GOOD, {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "x" * 300}]}],
+    )
+    folder = ensure_shards(sft_cfg(tmp_path, data))
+    audit = json.loads((folder / MANIFEST).read_text())["audit"]
+    assert audit["examples_read"] == 7
+    assert audit["kept"] == 2 and audit["skipped_malformed"] == 4 and audit["dropped_no_trainable_left"] == 1
+    assert any("d.jsonl example 1 (line 2)" in r for r in audit["skip_reasons"])
+    assert len(SFTExamples(folder, "train")) == 2
+
+
+def test_on_bad_example_error_stops_at_the_first_with_its_location(tmp_path: Path):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD, BAD[1]])
+    with pytest.raises(DataError, match=r"d.jsonl example 1 \(line 2\): turn 0 has role 'assistant'"):
+        ensure_shards(sft_cfg(tmp_path, data, on_bad_example="error"))
+
+
+def test_no_usable_example_is_a_hard_error(tmp_path: Path):
+    data = write_jsonl(tmp_path / "d.jsonl", BAD)
+    with pytest.raises(DataError, match="no usable example out of 4"):
+        ensure_shards(sft_cfg(tmp_path, data))
+
+
+def test_a_template_without_an_end_token_is_a_hard_error(tmp_path: Path, monkeypatch):
+    tok = load_tokenizer("byte")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    monkeypatch.setattr(sft_prepare, "load_tokenizer", lambda spec: tok)
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(DataError, match="end-of-turn token .* is never a label"):
+        ensure_shards(sft_cfg(tmp_path, data, chat_template="tokenizer"))
+
+
+def test_prepared_examples_are_cached_and_reused(tmp_path: Path, monkeypatch):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD] * 5)
+    cfg = sft_cfg(tmp_path, data)
+    first = ensure_shards(cfg)
+    check_manifest(first, load_tokenizer("byte"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("re-tokenized a cached set")
+
+    monkeypatch.setattr(sft_prepare, "prepare_sft", fail)
+    assert ensure_shards(cfg) == first
+    monkeypatch.undo()
+    # Anything that changes ids or masks is a new cache entry: template, seq_len, train_on_prompt, data.
+    for changed in (
+        sft_cfg(tmp_path, data, chat_template="llama3"),
+        sft_cfg(tmp_path, data, seq_len=64),
+        sft_cfg(tmp_path, data, train_on_prompt=True),
+    ):
+        assert ensure_shards(changed) != first
+    write_jsonl(data, [GOOD] * 6)
+    assert ensure_shards(cfg) != first
+
+
+def test_alpaca_demo_accounts_for_every_example(tmp_path: Path, shared_data: Path):
+    cfg = sft_cfg(
+        tmp_path,
+        shared_data / "alpaca_en_demo.json",
+        tokenizer=str(shared_data / "llama2_tokenizer.model"),
+        seq_len=256,
+        val_fraction=0.05,
+    )
+    folder = ensure_shards(cfg)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    audit = manifest["audit"]
+    assert audit["examples_read"] == 999
+    dropped = audit["dropped_too_long"] + audit["dropped_no_trainable_left"] + audit["skipped_malformed"]
+    assert audit["kept"] + dropped == 999 and audit["dropped_no_trainable_left"] > 0  # long outputs
+    assert audit["end_token_labels"] == audit["kept"]  # one reply each, every one ends in a labelled eos
+    train, val = SFTExamples(folder, "train"), SFTExamples(folder, "val")
+    assert len(train) + len(val) == audit["kept"] and len(val) > 0
+    assert train.lengths.max() <= cfg.seq_len + 1
+    ids, mask = train[0]
+    labels = ids[1:][mask[1:] == 1]
+    assert labels[-1] == 2 and not mask[0]  # llama2 eos is the last label
+    assert ids[-1] == 13 and not mask[-1]  # chatml's newline after the reply is prompt, not trained
+    assert np.all(np.isin(mask, (0, 1)))
