@@ -2,7 +2,8 @@
 
 The DeepSpeed JSON config is generated from our typed config (batch sizes, precision, clipping,
 ZeRO stage and offload) and `strategy.ds_config` is deep-merged over it, so any DeepSpeed key can
-still be reached. We bring our own optimizer and LR schedule; DeepSpeed owns the engine, the loss
+still be reached (in a conf/strategy file, or `+strategy.ds_config.zero_optimization.KEY=VALUE` on
+the command line). We bring our own optimizer and LR schedule; DeepSpeed owns the engine, the loss
 scaler, gradient reduction, clipping and the sharded checkpoint format.
 
 The engine has opinions that differ from the loop's contract; each is mapped here and nowhere else:
@@ -20,6 +21,7 @@ import datetime
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,9 @@ def _ensure_process_group(timeout_s: int) -> None:
     MPI discovery and needs no free port.
     """
     if not is_distributed():
+        # The engine insists on these variables, which a launcher would have set.
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
         tdist.init_process_group(
             "gloo",
             store=tdist.HashStore(),
@@ -298,7 +303,10 @@ class DeepSpeedStrategy(Strategy):
         trainable = sum(p.ds_numel if self.stage == 3 else p.numel() for p in params if p.requires_grad)
         grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dp_size)
         states = [t for s in self.basic_optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-        masters = [p for g in self.basic_optimizer.param_groups for p in g["params"]]
+        # The ZeRO optimizer owns the flat fp32 master partitions (stage 3 / stage 1-2 attribute);
+        # it hands them to our optimizer's param_groups only while it steps.
+        zero = self.engine.optimizer
+        masters = getattr(zero, "fp32_partitioned_groups_flat", None) or zero.single_partition_of_fp32_groups
         return {
             "param_bytes": param_bytes,
             "grad_bytes": grad_numel * 4,
