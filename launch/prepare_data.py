@@ -8,6 +8,7 @@ python launch/prepare_data.py data=c4_demo
 python launch/prepare_data.py data=tinyshakespeare data.prep_workers=8 --out /shared/shards/shakespeare
 """
 
+import dataclasses
 import logging
 import sys
 import time
@@ -39,6 +40,12 @@ if __name__ == "__main__":
     out, overrides = _split_out(sys.argv[1:])
     try:
         data = load_config(overrides).data
+        if data.kind == "sft":  # examples + loss masks (llmtrain.data.sft_prepare), not shards
+            if out:
+                data = dataclasses.replace(data, shards_dir=str(out))
+            sft_dir = ensure_shards(data)
+            print(f"sft examples: {sft_dir}\n  {read_manifest(sft_dir)['audit']['summary']}")
+            sys.exit(0)
         started = time.perf_counter()
         shards_dir = prepare_shards(data, out, workers=data.prep_workers) if out else ensure_shards(data)
         seconds = time.perf_counter() - started

@@ -249,6 +249,11 @@ class TrainerConfig:
         for key in ("global_batch_size", "micro_batch_size", "log_every", "save_every", "keep_last"):
             _require(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
         _require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0, got {self.eval_every}")
+        _require(
+            self.sample_max_new_tokens > 0,
+            "trainer.sample_max_new_tokens",
+            f"must be > 0, got {self.sample_max_new_tokens}",
+        )
         _require(self.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {self.grad_clip}")
         if self.grad_accum_steps is not None:
             _require(

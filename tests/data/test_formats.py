@@ -112,7 +112,11 @@ BAD_ROWS = {
         "turn 1 has role 'tool'",
     ),
     "empty conversation": ({"conversations": []}, "sharegpt", "empty conversation"),
-    "no assistant turn": ({"messages": [{"role": "system", "content": "s"}]}, "messages", "no assistant turn"),
+    "no assistant turn": (
+        {"messages": [{"role": "system", "content": "s"}]},
+        "messages",
+        "no assistant turn",
+    ),
     "unanswered user turn": (
         {
             "messages": [
@@ -170,3 +174,14 @@ def test_undetectable_format_says_which_fields_it_saw():
 def test_packing_requires_document_masking():
     with pytest.raises(ConfigError, match="data.document_masking"):
         DataConfig(kind="sft", format="synthetic", packing=True, document_masking=False)
+
+
+def test_parquet_and_saved_hf_datasets_are_read_as_rows(tmp_path: Path):
+    import datasets
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(3)]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for path in (str(tmp_path / "d.parquet"), f"hf:{tmp_path / 'saved'}"):
+        records = list(iter_records(DataConfig(kind="sft", format="alpaca", path=path)))
+        assert [r.row for r in records] == rows and records[2].where.endswith("example 2")
