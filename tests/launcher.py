@@ -6,12 +6,14 @@ tests read what the run wrote (metrics.jsonl, checkpoints) rather than poking at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +72,58 @@ def launch(
             f"--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def launch_nodes(
+    nnodes: int,
+    args: list[str],
+    script: Path = TRAIN,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    launcher: str = "torchrun",
+) -> list[subprocess.CompletedProcess]:
+    """Simulate `nnodes` nodes on this machine: one torchrun per node, one rank each, meeting
+    through c10d rendezvous, as `srun torchrun --rdzv_backend c10d ...` does on a cluster.
+    With launcher="deepspeed": one `deepspeed --no_ssh --node_rank K` per node reading a hostfile
+    that names the nodes (DeepSpeed refuses several nodes without one), as under a scheduler.
+
+    Output goes to files, not pipes: a node blocked on a full pipe would stall the others' collectives.
+    """
+    endpoint = f"127.0.0.1:{free_port()}"
+    with contextlib.ExitStack() as stack:
+        started = []
+        hostfile = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".hostfile"))
+        hostfile.write("".join(f"node{node} slots=1\n" for node in range(nnodes)))
+        hostfile.flush()
+        for node in range(nnodes):
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node),
+                "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                "--rdzv-id", f"test-{endpoint}", str(script), *args,
+            ]  # fmt: skip
+            if launcher == "deepspeed":
+                host, port = endpoint.split(":")
+                cmd = [
+                    command("deepspeed", 1)[0], "--hostfile", hostfile.name, "--no_ssh", "--node_rank", str(node),
+                    "--master_addr", host, "--master_port", port, str(script), *args,
+                ]  # fmt: skip
+            out = stack.enter_context(tempfile.TemporaryFile("w+"))
+            err = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(cmd, cwd=REPO, env=_env(env), stdout=out, stderr=err, text=True)
+            stack.callback(_kill_if_running, proc)
+            started.append((cmd, proc, out, err))
+        results = []
+        for cmd, proc, out, err in started:
+            proc.wait(timeout=timeout)
+            out.seek(0), err.seek(0)
+            results.append(subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()))
+        return results
+
+
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -1,10 +1,11 @@
 """One global step through `train_step` on a hand-made batch; rank 0 dumps the full gradient.
 
-Run alone (`python`) or under torchrun: `fsdp_grad_step.py OUT.pt MICRO_BATCH [overrides...]`.
-The global batch (GLOBAL examples, fixed seed) is the same however it is split: rank r takes the
-r-th contiguous slice, cut into micro-batches of MICRO_BATCH. Label counts per example are very
-unequal, so a loss normalised per micro-batch or per rank instead of per global token count would
-give a visibly different gradient (tests/strategy/test_fsdp.py checks that too).
+`fsdp_grad_step.py OUT.pt STRATEGY/MICRO/VARIANT ...` (e.g. `fsdp/1/plain`), alone or under
+torchrun: one process computes every spec, so the start-up is paid once. The global batch (GLOBAL
+examples, fixed seed) is the same however it is split: rank r takes the r-th contiguous slice, cut
+into micro-batches of MICRO. Label counts per example are very unequal, so a loss normalised per
+micro-batch or per rank instead of by the global label count gives a visibly different gradient
+(tests/strategy/test_single.py checks that).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ MODEL = [
     f"data.seq_len={SEQ_LEN}",
     "trainer.device=cpu",
 ]
+# Model variants: FSDP must also be exact with HF gradient checkpointing and tied embeddings.
+VARIANTS = {
+    "plain": [],
+    "checkpointing+tied": ["model.gradient_checkpointing=true", "model.tie_word_embeddings=true"],
+}
 
 
 def global_batch() -> dict[str, torch.Tensor]:
@@ -58,14 +64,21 @@ def full_grads(strategy) -> dict[str, torch.Tensor]:
     return out
 
 
-def main(out: str, micro: int, overrides: list[str]) -> None:
+def grads_of_one_step(dist, strategy_name: str, micro: int, variant: str) -> dict:
+    """Run `train_step` once and capture the full gradient just before the optimizer step."""
     cfg = load_config(
-        [*MODEL, f"trainer.global_batch_size={GLOBAL}", f"trainer.micro_batch_size={micro}", *overrides]
+        [
+            *MODEL,
+            *VARIANTS[variant],
+            f"strategy={strategy_name}",
+            f"trainer.global_batch_size={GLOBAL}",
+            f"trainer.micro_batch_size={micro}",
+        ]
     )
-    dist = init_distributed("cpu", cfg.strategy.timeout_s)
     torch.manual_seed(cfg.trainer.seed)
     strategy = build_strategy(cfg, dist)
     strategy.setup(CausalLMLoss(build_model(cfg.model, VOCAB, dist.device), False), lambda step: 1.0)
+    strategy.train(True)  # as the loop does: HF checkpoints layers only in training mode
 
     per_rank = GLOBAL // dist.world_size
     mine = {k: v[dist.rank * per_rank : (dist.rank + 1) * per_rank] for k, v in global_batch().items()}
@@ -81,10 +94,20 @@ def main(out: str, micro: int, overrides: list[str]) -> None:
 
     strategy.step = capture_then_step
     result = train_step(strategy, micro_batches)
+    return {"grads": captured, "grad_norm": float(result.result.grad_norm)}
+
+
+def main(out: str, specs: list[str]) -> None:
+    dist = init_distributed("cpu", timeout_s=120)
+    dumps = {}
+    for spec in specs:
+        strategy_name, micro, variant = spec.split("/")
+        dumps[spec] = grads_of_one_step(dist, strategy_name, int(micro), variant)
     if dist.rank == 0:
-        torch.save({"grads": captured, "grad_norm": float(result.result.grad_norm)}, out)
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+        torch.save(dumps, out)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
+    main(sys.argv[1], sys.argv[2:])
