@@ -228,8 +228,15 @@ class DeepSpeedStrategy(Strategy):
         norm = self.engine.get_global_grad_norm()
         grad_norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32).detach()
         # DeepSpeed skips the update (weights, optimizer state and schedule untouched) on fp16
-        # overflow and, since ZeRO checks the norm for every dtype, on a non-finite bf16/fp32 norm.
+        # overflow and, in the ZeRO optimizers of recent releases (checked with 0.19), on a
+        # non-finite bf16/fp32 norm too (bf16.check_grad_overflow, on by default).
         skipped = self.engine.skipped_steps > skipped_before
+        if not skipped and norm is not None and not math.isfinite(norm):
+            raise RuntimeError(
+                f"DeepSpeed {deepspeed.__version__} applied an update with gradient norm {norm}: the weights "
+                "are no longer finite. Use a DeepSpeed release whose ZeRO optimizer skips such steps, and "
+                "keep strategy.ds_config from setting bf16.check_grad_overflow=false"
+            )
         return StepResult(grad_norm=grad_norm, skipped=skipped, loss_scale=scale_before)
 
     def lr(self) -> float:
