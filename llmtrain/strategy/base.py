@@ -67,7 +67,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed token loss of one micro-batch (fp32 scalar)."""
+        """Summed token loss of one micro-batch (fp32 scalar); the logits when `batch["labels"]` is
+        None (generation, which must go through the same wrapped module as training)."""
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
