@@ -64,7 +64,12 @@ def single_run(strategy_tmp, tiny_args) -> Path:
 
 # Every gradient dump the tests compare, made by two processes (start-up dominates their cost).
 ONE_PROCESS_SPECS = ["single/4/plain", "single/2/plain", "single/4/checkpointing+tied"]
-TWO_RANK_SPECS = ["single/1/plain", "fsdp/1/plain", "fsdp/1/checkpointing+tied"]
+TWO_RANK_SPECS = [
+    "single/1/plain",
+    "fsdp/1/plain",
+    "fsdp/1/checkpointing+tied",
+    "fsdp/1/offload+keep-unsharded",
+]
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,8 @@ MODEL = [
 VARIANTS = {
     "plain": [],
     "checkpointing+tied": ["model.gradient_checkpointing=true", "model.tie_word_embeddings=true"],
+    # Strategy options that must not change the arithmetic (fsdp only; single ignores them).
+    "offload+keep-unsharded": ["strategy.cpu_offload=true", "strategy.reshard_after_forward=false"],
 }
 
 
@@ -94,7 +96,11 @@ def grads_of_one_step(dist, strategy_name: str, micro: int, variant: str) -> dic
 
     strategy.step = capture_then_step
     result = train_step(strategy, micro_batches)
-    return {"grads": captured, "grad_norm": float(result.result.grad_norm)}
+    return {
+        "grads": captured,
+        "grad_norm": float(result.result.grad_norm),
+        "memory": strategy.memory_report(),  # rank 0's bytes, with optimizer states present
+    }
 
 
 def main(out: str, specs: list[str]) -> None:

@@ -67,12 +67,28 @@ def test_fsdp_on_two_ranks_reproduces_single_process_losses(single_run, fsdp_run
             assert m["grad_norm"] == pytest.approx(norms[m["step"]], rel=GRAD_NORM_RTOL)
 
 
-@pytest.mark.parametrize("variant", ["plain", "checkpointing+tied"])
-def test_fsdp_gradient_is_token_exact_with_accumulation_and_unequal_labels(grad_dumps, variant):
+@pytest.mark.parametrize(
+    ("variant", "reference"),
+    [
+        ("plain", "plain"),
+        ("checkpointing+tied", "checkpointing+tied"),
+        ("offload+keep-unsharded", "plain"),  # cpu_offload and reshard_after_forward=false
+    ],
+)
+def test_fsdp_gradient_is_token_exact_with_accumulation_and_unequal_labels(grad_dumps, variant, reference):
     """micro 1 × accum 2 × 2 ranks under fsdp == micro 4 × accum 1 × 1 rank under single."""
-    reference, fsdp = grad_dumps[1, f"single/4/{variant}"], grad_dumps[2, f"fsdp/1/{variant}"]
-    assert max_grad_diff(reference["grads"], fsdp["grads"]) <= GRAD_ATOL
-    assert fsdp["grad_norm"] == pytest.approx(reference["grad_norm"], rel=GRAD_NORM_RTOL)
+    ref, fsdp = grad_dumps[1, f"single/4/{reference}"], grad_dumps[2, f"fsdp/1/{variant}"]
+    assert max_grad_diff(ref["grads"], fsdp["grads"]) <= GRAD_ATOL
+    assert fsdp["grad_norm"] == pytest.approx(ref["grad_norm"], rel=GRAD_NORM_RTOL)
+
+
+def test_fsdp_rank_holds_half_of_single_params_grads_and_optimizer_state(grad_dumps):
+    single, fsdp = grad_dumps[1, "single/4/plain"]["memory"], grad_dumps[2, "fsdp/1/plain"]["memory"]
+    assert single.keys() == fsdp.keys()
+    # Every dim-0 size of the test model is even, so shards are exact halves; only AdamW's
+    # per-parameter `step` scalars (4 bytes each) are replicated.
+    for key in single:
+        assert fsdp[key] * 2 == pytest.approx(single[key], rel=1e-3), (key, fsdp[key], single[key])
 
 
 def test_fsdp_resume_continues_with_identical_losses(fsdp_run, interrupted_at_n, tiny_args):
@@ -158,3 +174,17 @@ def test_stuck_rank_makes_the_job_fail_within_the_collective_timeout(tiny_args):
     assert "FAULT hang on rank 1 at step 3" in output
     assert "Timed out" in output, output[-4000:]
     assert elapsed < 80, elapsed  # start-up + 10 s timeout, with room for a loaded machine
+
+
+def test_killed_node_makes_every_node_exit_nonzero(tiny_args):
+    """Node 1's only rank is SIGKILLed at step 3: node 0's torchrun cannot see that process, so
+    its rank must fail in its next collective (peer closed) and exit instead of waiting."""
+    args = tiny_args("fsdp_killed", **FSDP, **{"strategy.timeout_s": 10})
+    start = time.monotonic()
+    procs = launch_nodes(
+        2, args, script=FAULT_SCRIPT, timeout=240, env={"FAULT": "kill", "FAULT_STEP": "3", "FAULT_RANK": "1"}
+    )
+    elapsed = time.monotonic() - start
+    assert [p.returncode != 0 for p in procs] == [True, True]
+    assert "FAULT kill on rank 1 at step 3" in procs[1].stdout + procs[1].stderr
+    assert elapsed < 80, elapsed
