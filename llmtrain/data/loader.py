@@ -61,15 +61,16 @@ def build_val_loader(
     dp_size: int,
     max_batches: int,
 ) -> DataLoader:
-    """This rank's share of the first validation windows, in order, as at most `max_batches` micro-batches.
+    """This rank's share of the first validation windows, in order.
 
-    The evaluated set is the first `max_batches * micro_batch_size * dp_size` windows (all of them if
-    fewer), split into equal contiguous shares so every rank runs the same number of batches; the
-    few windows that do not divide evenly are left out. Loaded in this process: reads are small and
-    a fresh worker pool at every evaluation would cost more than it saves.
+    The evaluated set is the first `max_batches * micro_batch_size` windows (all of them if fewer)
+    whatever the world size, so validation losses compare across runs on different rank counts. It
+    is split into equal contiguous shares so every rank runs the same number of batches; the few
+    windows that do not divide evenly over ranks are left out. Loaded in this process: reads are
+    small and a fresh worker pool at every evaluation would cost more than it saves.
     """
     windows, collate_fn = _samples(cfg, shards_dir, "val")
-    budget = min(len(windows), max_batches * micro_batch_size * dp_size)
+    budget = min(len(windows), max_batches * micro_batch_size)
     share = budget // dp_size
     mine = list(range(dp_rank * share, (dp_rank + 1) * share))
     batches = [mine[i : i + micro_batch_size] for i in range(0, share, micro_batch_size)]

@@ -40,10 +40,12 @@ def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 1024
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Peak FLOP/s for MFU. On CPU: the measured fp32 matmul rate, whatever the training dtype,
+    since half-precision matmuls are emulated on most CPUs (slow to measure, and MFU > 100%)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in _GPU_BF16_PEAK.items():
             if key in name:
                 return flops
         return measured_matmul_flops("cuda", torch.bfloat16, size=8192, repeats=20)
-    return measured_matmul_flops(device.type, dtype)
+    return measured_matmul_flops(device.type, torch.float32)

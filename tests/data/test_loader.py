@@ -33,11 +33,13 @@ def test_worker_processes_give_the_same_batches_as_in_process(shards):
     assert first(2) == first(0)
 
 
-def test_val_loader_gives_equal_disjoint_shares_capped_at_max_batches(shards):
+def test_val_loader_gives_equal_disjoint_shares_of_a_world_size_independent_set(shards):
     cfg = DataConfig(seq_len=16)
-    shares = [build_val_loader(cfg, shards, 2, rank, 2, max_batches=3) for rank in range(2)]
+    shares = [build_val_loader(cfg, shards, 2, rank, 2, max_batches=6) for rank in range(2)]
     assert [len(s) for s in shares] == [3, 3]
     seen = [i for s in shares for b in s for i in b["sample_index"].tolist()]
-    assert seen == list(range(12))  # the first 3 * 2 * 2 windows, in order
+    assert seen == list(range(12))  # the first 6 * 2 windows, in order, split over the ranks
+    alone = build_val_loader(cfg, shards, 2, 0, 1, max_batches=6)
+    assert [i for b in alone for i in b["sample_index"].tolist()] == seen  # same set on one rank
     everything = build_val_loader(cfg, shards, 4, 0, 1, max_batches=10_000)
     assert sum(len(b["sample_index"]) for b in everything) == len(everything.dataset)
