@@ -96,6 +96,9 @@ class ModelConfig:
     # auto: flash_attention_2 where flash-attn imports and CUDA is present, else sdpa.
     attn_implementation: str = "auto"
     gradient_checkpointing: bool = False
+    # With gradient_checkpointing: recompute every n-th decoder layer only (1 = all; selective
+    # checkpointing trades memory back for speed when full checkpointing frees more than needed).
+    checkpoint_every: int = 1
     # Dtype the parameters are stored in. Mixed precision (trainer.precision) keeps fp32 masters.
     dtype: str = "float32"
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -104,6 +107,9 @@ class ModelConfig:
         _one_of(self.arch, "model.arch", ("llama", "qwen2", "mistral"))
         _one_of(self.attn_implementation, "model.attn_implementation", ATTN_IMPLEMENTATIONS)
         _one_of(self.dtype, "model.dtype", PARAM_DTYPES)
+        _require(
+            self.checkpoint_every >= 1, "model.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}"
+        )
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             _require(getattr(self, key) > 0, f"model.{key}", f"must be > 0, got {getattr(self, key)}")
         if self.pretrained is None and self.head_dim is None:

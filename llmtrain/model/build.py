@@ -34,6 +34,24 @@ def padded_vocab_size(tokenizer_vocab: int, multiple: int) -> int:
     return -(-tokenizer_vocab // multiple) * multiple
 
 
+def enable_activation_checkpointing(model: PreTrainedModel, every_n_layers: int) -> None:
+    """Recompute decoder-layer activations in backward (every layer, or every n-th to trade less).
+
+    Non-reentrant checkpointing works with ZeRO-3/FSDP2 parameter hooks and with frozen inputs.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers
+        )
+    elif every_n_layers == 1:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ConfigError(
+            "model.checkpoint_every > 1 needs transformers >= 5 (activation_checkpointing_enable)"
+        )
+
+
 def hf_config(cfg: ModelConfig, vocab_size: int) -> PretrainedConfig:
     """The HF config for a model built from scratch (random init)."""
     head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
@@ -85,8 +103,7 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) ->
         model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab), attn_implementation=attn, dtype=dtype)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing works with ZeRO-3/FSDP2 parameter hooks and with frozen inputs.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, cfg.checkpoint_every)
     if cfg.lora.r > 0:
         from llmtrain.model.lora import apply_lora
 

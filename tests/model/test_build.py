@@ -36,3 +36,23 @@ def test_flops_per_token_matches_six_n_plus_attention():
 def test_pretrained_folder_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         build_model(ModelConfig(pretrained=str(tmp_path)), 320, torch.device("cpu"))
+
+
+def test_selective_checkpointing_recomputes_only_every_nth_layer_with_the_same_gradients():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 320, (2, 16))
+    grads = {}
+    for name, cfg in {
+        "none": ModelConfig(num_layers=4),
+        "all": ModelConfig(num_layers=4, gradient_checkpointing=True),
+        "every2": ModelConfig(num_layers=4, gradient_checkpointing=True, checkpoint_every=2),
+    }.items():
+        torch.manual_seed(1)
+        model = build_model(cfg, 320, torch.device("cpu"))
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        flags = [getattr(layer, "gradient_checkpointing", False) for layer in model.model.layers]
+        if name == "every2":
+            assert sum(flags) == 2, flags
+    torch.testing.assert_close(grads["all"], grads["none"])
+    torch.testing.assert_close(grads["every2"], grads["none"])
