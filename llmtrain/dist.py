@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from llmtrain.cluster.slurm import fill_rendezvous_env, in_srun_step
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,9 +40,11 @@ def _env_int(*names: str, default: int) -> int:
 
 def env_ranks() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the launcher's environment; (0, 1, 0) when alone."""
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    # SLURM's task variables describe this process only inside an srun step (see in_srun_step).
+    slurm = in_srun_step()
+    rank = _env_int("RANK", *(["SLURM_PROCID"] if slurm else []), default=0)
+    world = _env_int("WORLD_SIZE", *(["SLURM_NTASKS"] if slurm else []), default=1)
+    local = _env_int("LOCAL_RANK", *(["SLURM_LOCALID"] if slurm else []), default=0)
     return rank, world, local
 
 
@@ -62,6 +66,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistInfo:
     rank, world, local = env_ranks()
     dev = pick_device(device, local)
     if world > 1 and not tdist.is_initialized():
+        fill_rendezvous_env()  # `srun python ...`: no launcher set MASTER_ADDR/PORT
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         os.environ.setdefault("LOCAL_RANK", str(local))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,17 @@ from llmtrain.dist import barrier, is_main_process
 from llmtrain.strategy.base import Strategy
 
 log = logging.getLogger(__name__)
+
+# Test-only fault injection: every rank kills itself (SIGKILL) after writing its shards of this
+# step and before the commit, to prove that a crash mid-save leaves the previous `latest` loadable.
+FAULT_AFTER_SHARDS_ENV = "LLMTRAIN_FAULT_CHECKPOINT_AFTER_SHARDS"
+
+
+def _fault_after_shards(step: int) -> None:
+    if os.environ.get(FAULT_AFTER_SHARDS_ENV) == str(step):
+        log.error("%s=%d: killing this rank before the checkpoint commit", FAULT_AFTER_SHARDS_ENV, step)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,6 +62,7 @@ def save_checkpoint(
     rank = strategy.dist.rank
     torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     barrier()
+    _fault_after_shards(step)
     final = layout.checkpoints_dir(run_dir) / layout.step_dir_name(step)
     if is_main_process():
         (tmp / "config.yaml").write_text(to_yaml(cfg))

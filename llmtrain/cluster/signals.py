@@ -14,6 +14,9 @@ import threading
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# Ranks agree with a max over these codes, so when ranks saw different signals the one that asks
+# for more wins: SIGUSR1 (SLURM's warning before the time limit) also asks for a requeue.
+STOP_CODES = {"SIGINT": 1, "SIGTERM": 2, "SIGUSR1": 3}
 
 
 class StopRequest:
@@ -23,6 +26,15 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
+
+    @property
+    def code(self) -> int:
+        """0 for no request, else the signal's STOP_CODES entry (all-reduced with max by the loop)."""
+        return STOP_CODES.get(self.signal_name, 0) if self.signal_name else 0
+
+    def agree(self, code: int) -> None:
+        """Adopt the signal the ranks agreed on, also on a rank that did not receive one itself."""
+        self.signal_name = next(name for name, c in STOP_CODES.items() if c == code)
 
     def install(self) -> StopRequest:
         if threading.current_thread() is not threading.main_thread():

@@ -22,6 +22,7 @@ from llmtrain.checkpoint.compat import check_resume_compatible
 from llmtrain.checkpoint.export import TOKENIZER_DIR
 from llmtrain.checkpoint.io import load_checkpoint, save_checkpoint
 from llmtrain.cluster.signals import StopRequest
+from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
 from llmtrain.dist import (
     DistInfo,
@@ -110,14 +111,20 @@ def _count_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
+    # Installed before the (possibly minutes long) set-up: SIGUSR1's default action kills the process,
+    # so a warning that arrives while the model loads would otherwise lose the job's requeue.
+    stop = StopRequest().install()
     try:
-        return _train(cfg, dist)
+        dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
+        try:
+            return _train(cfg, dist, stop)
+        finally:
+            destroy()
     finally:
-        destroy()
+        stop.uninstall()
 
 
-def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
+def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
     run_dir = resolve_run_dir(cfg)
     setup_logging(run_dir)
     log.info("run directory: %s", run_dir)
@@ -165,7 +172,6 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     )
     flops_tok = flops_per_token(strategy.hf_model.config, cfg.data.seq_len)
     peak = peak_flops(dist.device, compute_dtype) * dist.world_size
-    stop = StopRequest().install()
     stop_reason = f"reached trainer.max_steps={cfg.trainer.max_steps}"
     last_ckpt: Path | None = resume_from
     val_loss: float | None = None
@@ -236,11 +242,10 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
             if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
                 val_loss = _eval_and_log(strategy, val_loader, tracker, state, sampler)
 
-            stop_now = all_reduce_max(torch.tensor(float(stop.requested), device=dist.device)).item() > 0
-            if stop_now:
-                stop_reason = (
-                    f"stopped by {stop.signal_name or 'a signal on another rank'} at step {state.step}"
-                )
+            stop_code = int(all_reduce_max(torch.tensor(float(stop.code), device=dist.device)).item())
+            if stop_code:
+                stop.agree(stop_code)  # a rank the signal missed learns which one it was
+                stop_reason = f"stopped by {stop.signal_name} at step {state.step}"
                 break
             if state.step % cfg.trainer.save_every == 0 and state.step < cfg.trainer.max_steps:
                 last_ckpt = checkpoint()
@@ -266,6 +271,10 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> TrainResult:
     log.info("stop: %s", stop_reason)
     log.info("run directory: %s", run_dir)
     tracker.close()
+    if stop.signal_name == "SIGUSR1" and is_main_process():
+        # SLURM's warning before the time limit: the checkpoint is complete on every rank (the save
+        # ends with a barrier), so come back as the same job and resume from it.
+        requeue_current_job()
     return TrainResult(run_dir, state.step, stop_reason, val_loss, last_ckpt)
 
 
