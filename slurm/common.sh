@@ -9,7 +9,7 @@ if [ ! -f "$LLMTRAIN_ROOT/launch/train.py" ]; then
     echo "no launch/train.py under $LLMTRAIN_ROOT: submit from the repository root or set LLMTRAIN_ROOT" >&2
     exit 2
 fi
-PYTHON=${PYTHON:-python}
+export PYTHON=${PYTHON:-python}
 
 # Ranks' CPU threads: the task's CPUs (set per script for per-node launchers that share them).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}

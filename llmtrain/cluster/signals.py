@@ -36,10 +36,10 @@ class StopRequest:
         """Adopt the signal the ranks agreed on, also on a rank that did not receive one itself."""
         self.signal_name = next(name for name, c in STOP_CODES.items() if c == code)
 
-    def install(self) -> StopRequest:
+    def install(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be set from the main thread (e.g. in some test runners)
-        for sig in STOP_SIGNALS:
+        for sig in signals:
             signal.signal(sig, self._handle)
         return self
 

@@ -146,12 +146,15 @@ def requeue_current_job(env: MutableMapping[str, str] = os.environ) -> bool:
             fields.get("Requeue"),
         )
         return False
+    # Logged before asking: the controller's SIGTERM may end this process before scontrol returns.
+    log.info("requeueing SLURM job %s: it restarts with the same id and resumes from this checkpoint", job_id)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     done = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         # E.g. SLURM is already requeueing the job itself (preemption with PreemptMode=REQUEUE).
         log.warning("scontrol requeue %s failed: %s", job_id, (done.stderr or done.stdout).strip())
         return False
-    log.info("requeued SLURM job %s: it restarts with the same id and resumes from this checkpoint", job_id)
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +112,10 @@ def _count_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    # Installed before the (possibly minutes long) set-up: SIGUSR1's default action kills the process,
-    # so a warning that arrives while the model loads would otherwise lose the job's requeue.
-    stop = StopRequest().install()
+    # USR1 is caught from the start: its default action kills the process, so SLURM's warning arriving
+    # during a minutes-long set-up would lose the job's requeue. SIGTERM keeps its default until the
+    # loop (nothing to save yet), so forked helpers (data-prep pools) still die on Pool.terminate().
+    stop = StopRequest().install((signal.SIGUSR1,))
     try:
         dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
         try:
@@ -172,6 +174,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
     )
     flops_tok = flops_per_token(strategy.hf_model.config, cfg.data.seq_len)
     peak = peak_flops(dist.device, compute_dtype) * dist.world_size
+    stop.install()
     stop_reason = f"reached trainer.max_steps={cfg.trainer.max_steps}"
     last_ckpt: Path | None = resume_from
     val_loss: float | None = None
