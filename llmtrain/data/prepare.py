@@ -173,13 +173,7 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
                 ", ".join(empty["examples"]),
                 out_dir / MANIFEST,
             )
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if (out_dir / MANIFEST).is_file():  # another process finished the same folder first
-                return out_dir
-            raise
-        return out_dir
+        return publish(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -334,3 +328,14 @@ class _ShardWriter:
             "empty_docs": self.num_empty,
             "shards": self.shards,
         }
+
+
+def publish(tmp: Path, out_dir: Path) -> Path:
+    """Rename a finished temp folder into place: a prepared folder is complete or absent."""
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if (out_dir / MANIFEST).is_file():  # another process finished the same folder first
+            return out_dir
+        raise
+    return out_dir

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -37,7 +36,7 @@ from llmtrain.config import DataConfig
 from llmtrain.data.chat_templates import ChatTemplate, NamedTemplate, TemplateError, resolve_chat_template
 from llmtrain.data.errors import DataError
 from llmtrain.data.formats import Conversation, detect_format, to_conversation
-from llmtrain.data.prepare import SPLITS, is_val_document, shard_dtype
+from llmtrain.data.prepare import SPLITS, is_val_document, publish, shard_dtype
 from llmtrain.data.records import Record, iter_records, source_fingerprint
 from llmtrain.data.sft import SFTAudit, tokenize_conversation
 from llmtrain.data.shards import FORMAT_VERSION, MANIFEST
@@ -198,13 +197,7 @@ def prepare_sft(cfg: DataConfig, out_dir: Path) -> Path:
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         _log_audit(cfg, audit, out_dir)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if (out_dir / MANIFEST).is_file():  # another process finished the same folder first
-                return out_dir
-            raise
-        return out_dir
+        return publish(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ methods. Implementations: `single` (one process, or DDP), `deepspeed` (ZeRO 1-3)
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,36 @@ class StepResult:
     grad_norm: torch.Tensor
     skipped: bool
     loss_scale: float | None = None
+
+
+def torch_optimizer_step(
+    params,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> StepResult:
+    """Unscale, clip, step (or skip a non-finite step), zero grads: the plain-torch engines' step.
+
+    The norm covers every shard on every rank (a DTensor norm is reduced first), so all ranks take
+    the same skip decision. GradScaler skips `optimizer.step` itself when any rank found inf/nan
+    while unscaling, and lowers the scale.
+    """
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a partial norm per rank until reduced
+        grad_norm = grad_norm.full_tensor()
+    finite = bool(torch.isfinite(grad_norm))
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if finite:
+        scheduler.step()
+    return StepResult(grad_norm=grad_norm.detach(), skipped=not finite, loss_scale=scale_before)
 
 
 class Strategy(ABC):

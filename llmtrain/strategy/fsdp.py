@@ -19,7 +19,6 @@ casts; the loss module already computes cross-entropy in fp32.)
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,7 @@ from llmtrain.dist import is_distributed
 from llmtrain.metrics.memory import tensor_bytes
 from llmtrain.model.build import DTYPES
 from llmtrain.model.loss import CausalLMLoss
-from llmtrain.strategy.base import AUTOCAST_DTYPES, StepResult, Strategy
+from llmtrain.strategy.base import AUTOCAST_DTYPES, StepResult, Strategy, torch_optimizer_step
 from llmtrain.train.optim import build_optimizer
 
 # DCP keys are "<section>.<name>"; the model section holds Hugging Face parameter names, so
@@ -162,24 +161,9 @@ class FSDPStrategy(Strategy):
         self.scaler.scale(loss * self.dp_size).backward()
 
     def step(self) -> StepResult:
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.trainer.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-        if isinstance(grad_norm, DTensor):  # a partial norm per rank until reduced
-            grad_norm = grad_norm.full_tensor()
-        # The norm covers every shard on every rank, so all ranks take the same decision.
-        finite = bool(torch.isfinite(grad_norm))
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        if self.scaler.is_enabled():
-            # GradScaler skips optimizer.step itself when any rank found inf/nan while unscaling.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if finite:
-            self.scheduler.step()
-        return StepResult(grad_norm=grad_norm.detach(), skipped=not finite, loss_scale=scale_before)
+        return torch_optimizer_step(
+            self.module.parameters(), self.optimizer, self.scheduler, self.scaler, self.cfg.trainer.grad_clip
+        )
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

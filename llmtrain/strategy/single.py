@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from llmtrain.dist import is_distributed
 from llmtrain.metrics.memory import tensor_bytes
 from llmtrain.model.loss import CausalLMLoss
-from llmtrain.strategy.base import StepResult, Strategy
+from llmtrain.strategy.base import StepResult, Strategy, torch_optimizer_step
 from llmtrain.train.optim import build_optimizer
 
 MODEL_FILE = "model.safetensors"
@@ -57,22 +56,9 @@ class SingleStrategy(Strategy):
             self.scaler.scale(loss).backward()
 
     def step(self) -> StepResult:
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.trainer.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-        finite = bool(torch.isfinite(grad_norm))
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        if self.scaler.is_enabled():
-            # GradScaler skips optimizer.step itself when it found inf/nan while unscaling.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        skipped = not finite
-        if not skipped:
-            self.scheduler.step()
-        return StepResult(grad_norm=grad_norm.detach(), skipped=skipped, loss_scale=scale_before)
+        return torch_optimizer_step(
+            self.module.parameters(), self.optimizer, self.scheduler, self.scaler, self.cfg.trainer.grad_clip
+        )
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
