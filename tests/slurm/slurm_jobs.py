@@ -96,7 +96,7 @@ class Job:
     def wait_state(self, state: str, timeout: float = 120) -> dict[str, str]:
         deadline = time.time() + timeout
         while (info := self.info()).get("JobState") != state:
-            if time.time() > deadline:
+            if time.time() > deadline or not self.queued():  # ended without passing through `state`
                 raise AssertionError(
                     f"job {self.id} never reached {state} (now {info.get('JobState')}):\n{self.tail()}"
                 )

@@ -195,14 +195,29 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
 }
 
 
+def _needed(request: pytest.FixtureRequest) -> set[str]:
+    """Scenarios the selected tests of this module read (`-k usr1` runs two jobs, not all of them):
+    a test's parameter names its scenario, else its name does; every test compares with zero2."""
+    by_test = {"usr1": "preempted", "sigkill": "killed", "crash": "fault", "sweep": "sweep"}
+    needed = {"zero2"}
+    for item in request.session.items:
+        if item.module is request.module:
+            params = getattr(item, "callspec", None)
+            needed |= set(params.params.values()) if params else set()
+            needed |= {name for key, name in by_test.items() if key in item.name}
+    return needed
+
+
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory, slurm_cluster) -> Iterator[dict[str, Future]]:
+def scenarios(request, tmp_path_factory, slurm_cluster) -> Iterator[dict[str, Future]]:
     workdir = tmp_path_factory.mktemp("slurm")
     pool = ThreadPoolExecutor(max_workers=len(SCENARIOS))
     futures = {}
+    needed = _needed(request)
     for name, scenario in SCENARIOS.items():
-        futures[name] = pool.submit(scenario, workdir)
-        time.sleep(0.5)  # submission order is queue order
+        if name in needed:
+            futures[name] = pool.submit(scenario, workdir)
+            time.sleep(0.5)  # submission order is queue order
     yield futures
     cancel_leftovers()
     pool.shutdown(wait=False, cancel_futures=True)
@@ -275,6 +290,9 @@ def test_usr1_saves_requeues_and_the_restarted_job_resumes_with_identical_losses
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:06d} at step {stopped_at}" in log
     assert layout.read_trainer_state(layout.latest_checkpoint(run_dir))["step"] == STEPS
     assert_resumed_exactly(run_dir, stopped_at, reference)
+    print(
+        f"job {job.id}: stopped by USR1 at step {stopped_at}, requeued, resumed, steps {stopped_at + 1}-{STEPS} equal"
+    )
 
 
 def test_a_rank_killed_with_sigkill_fails_the_job_within_the_timeout_and_a_rerun_resumes(
@@ -285,6 +303,9 @@ def test_a_rank_killed_with_sigkill_fails_the_job_within_the_timeout_and_a_rerun
     assert (final["JobState"], final["Reason"]) == ("FAILED", "NonZeroExitCode"), job.tail()
     # srun --kill-on-bad-exit ends the step at once; strategy.timeout_s=30 is the bound without it.
     assert seen["ended_after"] < 30, f"the job took {seen['ended_after']:.1f}s to end after rank 1 died"
+    print(
+        f"job {job.id}: ended {seen['ended_after']:.1f}s after SIGKILL of rank 1; rerun from step {seen['latest_step']}"
+    )
     resumed_at = seen["latest_step"]
     assert resumed_at % SAVE_EVERY == 0 and SAVE_EVERY <= resumed_at < STEPS
     assert seen["rerun_final"]["JobState"] == "COMPLETED", seen["rerun"].tail()
