@@ -11,6 +11,11 @@ if [ ! -f "$LLMTRAIN_ROOT/launch/train.py" ]; then
 fi
 export PYTHON=${PYTHON:-python}
 
+# sbatch exports the submitting shell's environment. A rendezvous left there (submitting from inside
+# a torchrun or an earlier job) would give every job the same address and port ("address already in
+# use"): a job always derives its own, from its node list and job id (llmtrain.cluster.slurm).
+unset MASTER_ADDR MASTER_PORT RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK TORCHELASTIC_RUN_ID
+
 # Ranks' CPU threads: the task's CPUs (set per script for per-node launchers that share them).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 # A failed or timed-out NCCL collective raises in every rank instead of hanging the job (old and

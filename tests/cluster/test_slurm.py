@@ -26,17 +26,19 @@ STEP_ENV = {
 }
 
 
+RENDEZVOUS_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 @pytest.fixture
 def clean_env(monkeypatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("SLURM_") or key in (
-            "RANK",
-            "WORLD_SIZE",
-            "LOCAL_RANK",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-        ):
-            monkeypatch.delenv(key)
+    """No SLURM or rendezvous variables, and any the code under test ADDS are removed afterwards.
+
+    `delenv` alone records only keys that exist; `fill_rendezvous_env` writes MASTER_ADDR/PORT into
+    os.environ, and a leak from here once gave every later sbatch job in the session the same port.
+    """
+    for key in [k for k in os.environ if k.startswith("SLURM_")] + list(RENDEZVOUS_KEYS):
+        monkeypatch.setenv(key, "")  # recorded, so teardown restores the original (or absence)
+        monkeypatch.delenv(key)
     return monkeypatch
 
 
