@@ -124,7 +124,9 @@ def test_resume_with_an_incompatible_model_names_what_differs(workdir, uninterru
 
 
 def test_keep_last_prunes_old_checkpoints_and_latest_points_at_the_newest(workdir):
-    result = train(load_config(overrides(workdir, "prune", **{"trainer.save_every": 2, "trainer.keep_last": 2})))
+    result = train(
+        load_config(overrides(workdir, "prune", **{"trainer.save_every": 2, "trainer.keep_last": 2}))
+    )
     ckpts = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == [f"step_{3 * N - 2:06d}", f"step_{3 * N:06d}"]
     assert (result.run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{3 * N:06d}"
