@@ -8,7 +8,6 @@ them, so one bad row is skipped (or reported) like any other malformed example.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from typing import Any
 
 from llmtrain.config import DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import HF_PREFIX, resolve_files
+from llmtrain.data.sources import HF_PREFIX, file_sha256, resolve_files
 
 RECORD_SUFFIXES = (".json", ".jsonl", ".parquet")
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -85,11 +83,7 @@ def source_fingerprint(cfg: DataConfig) -> list[dict[str, Any]]:
         return [{"hf": cfg.path, "split": cfg.hf_split}]
     out = []
     for path in record_files(cfg):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-        out.append({"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
+        out.append({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
     return out
 
 

@@ -288,9 +288,14 @@ def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
     return {"files": [_file_fingerprint(p) for p, _ in resolve_files(cfg)]}
 
 
-def _file_fingerprint(path: Path) -> dict[str, Any]:
+def file_sha256(path: Path) -> str:
+    """Content hash, read in chunks so a large corpus file never sits in memory."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def _file_fingerprint(path: Path) -> dict[str, Any]:
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
