@@ -101,6 +101,12 @@ class ModelConfig:
     checkpoint_every: int = 1
     # Dtype the parameters are stored in. Mixed precision (trainer.precision) keeps fp32 masters.
     dtype: str = "float32"
+    # Tokens per chunk of the fused lm_head + cross-entropy (llmtrain/model/chunked_ce.py): the
+    # [tokens, vocab] logits never exist whole. 0: full logits upcast to fp32, as transformers does.
+    loss_chunk_tokens: int = 1024
+    # torch.compile each decoder block (and the chunked loss's softmax passes) on first use.
+    # Compiling takes seconds to minutes at start, and pays off over long runs.
+    compile: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +115,11 @@ class ModelConfig:
         _one_of(self.dtype, "model.dtype", PARAM_DTYPES)
         _require(
             self.checkpoint_every >= 1, "model.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}"
+        )
+        _require(
+            self.loss_chunk_tokens >= 0,
+            "model.loss_chunk_tokens",
+            f"must be >= 0, got {self.loss_chunk_tokens}",
         )
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             _require(getattr(self, key) > 0, f"model.{key}", f"must be > 0, got {getattr(self, key)}")

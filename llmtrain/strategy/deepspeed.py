@@ -176,6 +176,11 @@ class DeepSpeedStrategy(Strategy):
             config=self.ds_config,
             dist_init_required=False,
         )
+        if self.stage == 3 and module.loss_chunk_tokens:
+            # The chunked loss multiplies by the lm_head weight directly instead of calling the
+            # lm_head module, whose hooks are what gathers a ZeRO-3 partition: tell DeepSpeed to
+            # gather it around the root module's forward instead.
+            deepspeed.zero.register_external_parameter(self.engine.module, module.lm_head_weight())
 
     def _build_optimizer(self, module: CausalLMLoss, offload: bool) -> torch.optim.Optimizer:
         """Our AdamW; DeepSpeed's CPU Adam when optimizer states live on the host.

@@ -43,7 +43,8 @@ def build_model_and_strategy(cfg: TrainConfig, dist: DistInfo, vocab_size: int) 
     model = build_model(cfg.model, vocab_size, dist.device)
     strategy = build_strategy(cfg, dist)
     strategy.setup(
-        CausalLMLoss(model, cfg.data.document_masking), lr_lambda(cfg.sched, cfg.trainer.max_steps)
+        CausalLMLoss(model, cfg.data.document_masking, cfg.model.loss_chunk_tokens, cfg.model.compile),
+        lr_lambda(cfg.sched, cfg.trainer.max_steps),
     )
     return strategy
 
