@@ -1,27 +1,34 @@
-"""The baseline: the same model, windows, sequence length and global batch through `transformers.Trainer`."""
+"""The baseline: the same model, data, sequence length and global batch through `transformers.Trainer`.
+
+Pretraining: the same windows. SFT: the same tokenized examples (same loss mask), batched the way a
+Trainer user does it, one example per row padded to the longest in the batch
+(`DataCollatorForSeq2Seq`); our side packs them (or not) as `data.packing` says.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 
 import torch
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
+from llmtrain.bench.ours import compute_dtype, sync
 from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
-from llmtrain.data.pretrain import PretrainWindows
+from llmtrain.data.pretrain import IGNORE_INDEX, PretrainWindows
 from llmtrain.data.shards import TokenShards
 from llmtrain.dist import DistInfo
-from llmtrain.metrics.memory import peak_memory_gib
+from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
 from llmtrain.metrics.peak import peak_flops
-from llmtrain.model.build import DTYPES, build_model
+from llmtrain.model.build import build_model
 from llmtrain.model.flops import flops_per_token
 from llmtrain.train.setup import RunData
 
 
-class _InputsOnly(Dataset):
+class _Windows(Dataset):
     """Trainer passes every field to the model; HF shifts `labels` itself, so labels = inputs."""
 
     def __init__(self, windows: PretrainWindows) -> None:
@@ -35,20 +42,70 @@ class _InputsOnly(Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
+class _SFTExamples(Dataset):
+    """Our prepared SFT examples as HF expects them: unshifted labels, -100 off the assistant turns."""
+
+    def __init__(self, examples) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids, mask = self.examples[i]
+        labels = [int(t) if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+        return {"input_ids": ids.tolist(), "labels": labels}
+
+
+class _SlotCounter:
+    """Wraps the collator to count token slots (padding included) and real tokens per batch."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.slots = self.real = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.slots += batch["input_ids"].numel()
+        self.real += (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
+        return batch
+
+
 class _StepClock(TrainerCallback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    """Times the steps after `warmup` and measures one more step's peak allocation."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device, counter: _SlotCounter | None) -> None:
+        self.warmup, self.steps, self.device, self.counter = warmup, steps, device, counter
         self.start: float | None = None
         self.end = 0.0
+        self.slots_at_start = self.real_at_start = 0
         self.losses: list[float] = []
+        self.tracking = contextlib.ExitStack()
+        self.step_peak = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup + self.steps:  # the extra, untimed step
+            self.step_peak = self.tracking.enter_context(track_peak_allocation(self.device))
 
     def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
         if state.global_step == self.warmup:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
             self.start = time.perf_counter()
-        self.end = time.perf_counter()
+            if self.counter is not None:
+                self.slots_at_start, self.real_at_start = self.counter.slots, self.counter.real
+        if state.global_step == self.warmup + self.steps:
+            self.end = time.perf_counter()
+            if self.counter is not None:
+                # The collator runs one batch ahead of the step that uses it; over the window the
+                # counts cover `steps` batches all the same.
+                self.slots, self.real = (
+                    self.counter.slots - self.slots_at_start,
+                    self.counter.real - self.real_at_start,
+                )
+        if state.global_step == self.warmup + self.steps + 1:
+            self.tracking.close()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -58,15 +115,29 @@ class _StepClock(TrainerCallback):
 def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int, steps: int) -> BenchResult:
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, len(data.tokenizer), dist.device)
-    windows = PretrainWindows(TokenShards(data.shards_dir, "train"), cfg.data.seq_len, document_masking=False)
     accum = cfg.trainer.grad_accum_for(dist.world_size)
-    clock = _StepClock(warmup)
+    counter = None
+    workers = cfg.data.loader_workers
+    if cfg.data.kind == "sft":
+        from llmtrain.data.sft_dataset import SFTExamples
+
+        dataset = _SFTExamples(SFTExamples(data.shards_dir, "train"))
+        pad_id = data.manifest["tokenizer"]["pad_id"]
+        data.tokenizer.pad_token_id = pad_id
+        counter = _SlotCounter(DataCollatorForSeq2Seq(data.tokenizer, padding="longest"))
+        workers = 0  # the slot counter must run in this process; padding a batch is cheap
+    else:
+        windows = PretrainWindows(
+            TokenShards(data.shards_dir, "train"), cfg.data.seq_len, document_masking=False
+        )
+        dataset = _Windows(windows)
+    clock = _StepClock(warmup, steps, dist.device, counter)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
             per_device_train_batch_size=cfg.trainer.micro_batch_size,
             gradient_accumulation_steps=accum,
-            max_steps=warmup + steps,
+            max_steps=warmup + steps + 1,
             learning_rate=cfg.optim.lr,
             weight_decay=cfg.optim.weight_decay,
             adam_beta1=cfg.optim.betas[0],
@@ -82,25 +153,34 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
             save_strategy="no",
             report_to=[],
             disable_tqdm=True,
-            dataloader_num_workers=cfg.data.loader_workers,
+            dataloader_num_workers=workers,
             use_cpu=dist.device.type == "cpu",
             seed=cfg.trainer.seed,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=_InputsOnly(windows), callbacks=[clock])
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=counter,
+            callbacks=[clock],
+        )
         trainer.train()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.trainer.precision, DTYPES[cfg.model.dtype]
-    )
     assert clock.start is not None, "the benchmark needs more steps than warm-up steps"
+    slot_tokens = cfg.trainer.global_batch_size * cfg.data.seq_len
+    real_tokens = None
+    if counter is not None:
+        slot_tokens, real_tokens = clock.slots / steps, clock.real / steps
     return BenchResult(
         name="transformers.Trainer",
         steps=steps,
-        tokens_per_step=cfg.trainer.global_batch_size * cfg.data.seq_len,
+        tokens_per_step=slot_tokens,
+        effective_tokens_per_step=real_tokens,
         step_time_s=(clock.end - clock.start) / steps,
-        data_time_s=0.0,
+        data_time_s=None,
+        step_peak_bytes=clock.step_peak.bytes if clock.step_peak is not None else None,
         peak_memory_gib=peak_memory_gib(dist.device),
         flops_per_token=flops_per_token(model.config, cfg.data.seq_len),
-        peak_flops=peak_flops(dist.device, dtype) * dist.world_size,
+        peak_flops=peak_flops(dist.device, compute_dtype(cfg)) * dist.world_size,
         world_size=dist.world_size,
         losses=clock.losses,
     )

@@ -9,7 +9,7 @@ import torch
 from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
 from llmtrain.dist import DistInfo, all_reduce_sum
-from llmtrain.metrics.memory import peak_memory_gib
+from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
 from llmtrain.metrics.peak import peak_flops
 from llmtrain.model.build import DTYPES
 from llmtrain.model.flops import flops_per_token
@@ -17,9 +17,42 @@ from llmtrain.train.setup import RunData, build_loaders, build_model_and_strateg
 from llmtrain.train.step import train_step
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PhaseClock:
+    """Seconds spent in each phase of the step, summed over the timed steps.
+
+    Each mark waits for the device, so a phase's time is its kernels' time, not their launch time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def start(self) -> None:
+        sync(self.device)
+        self.last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision, DTYPES[cfg.model.dtype])
+
+
+def _real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Non-padding tokens: document id -1 marks padding (SFT rows); windows have none."""
+    if "document_ids" in batch:
+        return (batch["document_ids"] >= 0).sum()
+    return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
 
 
 def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int, steps: int) -> BenchResult:
@@ -29,41 +62,38 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
     it = iter(train_loader)
     strategy.train(True)
     losses: list[float] = []
-    data_time = 0.0
-    # Non-padding tokens (document id >= 0) of the timed steps: what padded SFT batches really train.
+    clock = PhaseClock(dist.device)
     real_tokens = torch.zeros((), dtype=torch.int64, device=dist.device)
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(dist.device)
-            if dist.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dist.device)
-            start, data_time = time.perf_counter(), 0.0
+            clock = PhaseClock(dist.device)
             real_tokens.zero_()
-        t = time.perf_counter()
+            start = time.perf_counter()
+        clock.start()
         batches = [to_device(next(it), dist.device) for _ in range(accum)]
-        data_time += time.perf_counter() - t
-        out = train_step(strategy, batches)
-        real_tokens += sum(
-            ((b["document_ids"] >= 0).sum() if "document_ids" in b else b["input_ids"].numel())
-            for b in batches
-        )
+        clock("data")
+        out = train_step(strategy, batches, phase_done=clock if i >= warmup else None)
+        real_tokens += sum(_real_tokens(b) for b in batches)
         if i == warmup + steps - 1 or i % 10 == 0:
             losses.append((out.loss_sum / out.num_labels).item())
-    _sync(dist.device)
+    sync(dist.device)
     elapsed = time.perf_counter() - start
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.trainer.precision, DTYPES[cfg.model.dtype]
-    )
+    # One more step, untimed, to measure what a step allocates on top of weights and states.
+    batches = [to_device(next(it), dist.device) for _ in range(accum)]
+    with track_peak_allocation(dist.device) as step_peak:
+        train_step(strategy, batches)
     return BenchResult(
         name=f"llmtrain[{strategy.name}]",
         steps=steps,
         tokens_per_step=cfg.trainer.global_batch_size * cfg.data.seq_len,
         effective_tokens_per_step=int(all_reduce_sum(real_tokens).item()) / steps,
         step_time_s=elapsed / steps,
-        data_time_s=data_time / steps,
+        data_time_s=clock.totals.get("data", 0.0) / steps,
+        phases_s={k: v / steps for k, v in clock.totals.items() if k != "data"},
+        step_peak_bytes=step_peak.bytes,
         peak_memory_gib=peak_memory_gib(dist.device),
         flops_per_token=flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
-        peak_flops=peak_flops(dist.device, dtype) * dist.world_size,
+        peak_flops=peak_flops(dist.device, compute_dtype(cfg)) * dist.world_size,
         world_size=dist.world_size,
         memory=strategy.memory_report(),
         losses=losses,

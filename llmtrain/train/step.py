@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,13 +19,20 @@ class StepOutput:
     result: StepResult
 
 
-def train_step(strategy: Strategy, micro_batches: list[dict[str, torch.Tensor]]) -> StepOutput:
+def train_step(
+    strategy: Strategy,
+    micro_batches: list[dict[str, torch.Tensor]],
+    phase_done: Callable[[str], None] | None = None,
+) -> StepOutput:
     """Forward/backward every micro-batch of this rank, then one optimizer step.
 
     Each micro-batch's summed loss is divided by the label-token count of the WHOLE global batch
     (all micro-batches on all ranks), so the gradient is that of the exact token mean however
     examples of unequal length fall into micro-batches and ranks. (Averaging per-micro-batch means
     instead over-weights tokens of short micro-batches.)
+
+    `phase_done(name)` is called as "forward_backward" and "optimizer" finish: the benchmark's
+    step-time split. The loop passes nothing, so no timing syncs enter training.
     """
     num_labels = sum((mb["labels"] != IGNORE_INDEX).sum() for mb in micro_batches).float()
     global_labels = all_reduce_sum(num_labels.clone()).clamp(min=1)
@@ -34,4 +42,9 @@ def train_step(strategy: Strategy, micro_batches: list[dict[str, torch.Tensor]])
         loss = strategy.forward(mb)
         strategy.backward(loss / global_labels, is_last_micro=i == last)
         loss_sum += loss.detach()
-    return StepOutput(loss_sum=loss_sum, num_labels=num_labels, result=strategy.step())
+    if phase_done is not None:
+        phase_done("forward_backward")
+    result = strategy.step()
+    if phase_done is not None:
+        phase_done("optimizer")
+    return StepOutput(loss_sum=loss_sum, num_labels=num_labels, result=result)
