@@ -128,6 +128,27 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+_host_group: Any = None
+
+
+def all_reduce_max_host(value: int) -> int:
+    """Max of a host integer over ranks, without touching the accelerator (so no device sync).
+
+    A CPU tensor over gloo: the default group when it is gloo, else a gloo side group made on
+    first use (every rank reaches this call at the same point of the loop, as `new_group` needs).
+    """
+    global _host_group
+    if not is_distributed():
+        return value
+    if _host_group is None:
+        _host_group = tdist.group.WORLD if tdist.get_backend() == "gloo" else tdist.new_group(backend="gloo")
+    t = torch.tensor(value, dtype=torch.int64)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=_host_group)
+    return int(t)
+
+
 def destroy() -> None:
+    global _host_group
+    _host_group = None
     if is_distributed():
         tdist.destroy_process_group()

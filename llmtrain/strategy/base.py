@@ -26,11 +26,16 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepResult:
-    """What one optimizer step reports. `grad_norm` stays a tensor so no host sync is forced."""
+    """What one optimizer step reports, as device tensors: reading them is the caller's choice
+    (the loop reads them at log steps only), so a step never waits for the device."""
 
     grad_norm: torch.Tensor
-    skipped: bool
-    loss_scale: float | None = None
+    skipped: torch.Tensor  # bool scalar: the update was not applied (non-finite gradients)
+    loss_scale: torch.Tensor | None = None  # fp16 only: the scale this step's backward used
+
+
+def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer.defaults.get("fused"))
 
 
 def torch_optimizer_step(
@@ -43,24 +48,33 @@ def torch_optimizer_step(
     """Unscale, clip, step (or skip a non-finite step), zero grads: the plain-torch engines' step.
 
     The norm covers every shard on every rank (a DTensor norm is reduced first), so all ranks take
-    the same skip decision. GradScaler skips `optimizer.step` itself when any rank found inf/nan
-    while unscaling, and lowers the scale.
+    the same skip decision. The skip happens on the device where the optimizer can do it: a fused
+    AdamW takes a `found_inf` flag and leaves weights, moments and step count alone when it is set
+    (the mechanism GradScaler uses for fp16, which therefore also skips without a sync). Only the
+    unfused AdamW needs the host to decide, which on CPU costs nothing. The LR schedule advances
+    every step, skipped or not: the LR is a function of the loop's step.
     """
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a partial norm per rank until reduced
         grad_norm = grad_norm.full_tensor()
-    finite = bool(torch.isfinite(grad_norm))
-    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    skipped = ~torch.isfinite(grad_norm)
+    # The scale tensor is updated in place by scaler.update(): keep this step's value.
+    scale_before = scaler._get_scale_async().clone() if scaler.is_enabled() else None
     if scaler.is_enabled():
         scaler.step(optimizer)
         scaler.update()
-    elif finite:
+    elif _is_fused(optimizer):
+        optimizer.found_inf = skipped.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skipped.item():
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if finite:
-        scheduler.step()
-    return StepResult(grad_norm=grad_norm.detach(), skipped=not finite, loss_scale=scale_before)
+    scheduler.step()
+    return StepResult(grad_norm=grad_norm.detach(), skipped=skipped, loss_scale=scale_before)
 
 
 class Strategy(ABC):

@@ -242,7 +242,11 @@ class DeepSpeedStrategy(Strategy):
                 "are no longer finite. Use a DeepSpeed release whose ZeRO optimizer skips such steps, and "
                 "keep strategy.ds_config from setting bf16.check_grad_overflow=false"
             )
-        return StepResult(grad_norm=grad_norm, skipped=skipped, loss_scale=scale_before)
+        return StepResult(
+            grad_norm=grad_norm,
+            skipped=torch.tensor(skipped),
+            loss_scale=None if scale_before is None else torch.tensor(scale_before),
+        )
 
     def lr(self) -> float:
         return self.engine.lr_scheduler.get_last_lr()[0]

@@ -27,7 +27,7 @@ from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
 from llmtrain.dist import (
     DistInfo,
-    all_reduce_max,
+    all_reduce_max_host,
     all_reduce_sum,
     broadcast_object,
     destroy,
@@ -182,10 +182,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
     def checkpoint() -> Path:
         return save_checkpoint(run_dir, strategy, state.to_dict(), cfg)
 
-    # Interval accumulators stay on the device; they are reduced and read only at log steps.
+    # Interval accumulators stay on the device; they are reduced and read only at log steps, so
+    # the host never waits for the device inside the loop (step skips included: see the strategy).
     interval_loss = torch.zeros((), device=dist.device)
     interval_labels = torch.zeros((), device=dist.device)
     interval_tokens = torch.zeros((), device=dist.device)
+    skips = _SkipCounter(state.nonfinite_streak, state.step, dist.device)
     interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
     data_iter = iter(train_loader)
     if state.step == 0 and cfg.trainer.eval_every:
@@ -205,19 +207,22 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
             interval_loss += out.loss_sum
             interval_labels += out.num_labels
             interval_tokens += sum(_count_tokens(mb) for mb in micro_batches)
-            if result.skipped:
-                state.skipped_steps += 1
-                state.nonfinite_streak += 1
-                log.warning("step %d: non-finite gradients, update skipped", state.step)
+            skipped = result.skipped.to(dist.device)
+            skips.add(skipped, state.step)
+
+            log_step = state.step % cfg.trainer.log_every == 0 or state.step == cfg.trainer.max_steps
+            save_step = state.step % cfg.trainer.save_every == 0 and state.step < cfg.trainer.max_steps
+            if log_step or save_step:
+                # Read at log and checkpoint steps only: a run of max_nonfinite_steps skipped steps
+                # ends training at the first of those steps that sees it.
+                skips.read(state)
                 if state.nonfinite_streak >= cfg.trainer.max_nonfinite_steps:
                     stop_reason = (
                         f"{state.nonfinite_streak} consecutive non-finite steps (trainer.max_nonfinite_steps)"
                     )
                     break
-            else:
-                state.nonfinite_streak = 0
 
-            if state.step % cfg.trainer.log_every == 0 or state.step == cfg.trainer.max_steps:
+            if log_step:
                 totals = all_reduce_sum(torch.stack([interval_loss, interval_labels, interval_tokens]))
                 elapsed = time.perf_counter() - interval_start
                 tokens = int(totals[2].item())
@@ -237,7 +242,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
                     "skipped_steps": state.skipped_steps,
                 }
                 if result.loss_scale is not None:
-                    metrics["loss_scale"] = result.loss_scale
+                    metrics["loss_scale"] = result.loss_scale.item()
                 tracker.log(metrics, ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"))
                 interval_loss.zero_(), interval_labels.zero_(), interval_tokens.zero_()
                 interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
@@ -245,15 +250,16 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
             if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
                 val_loss = _eval_and_log(strategy, val_loader, tracker, state, sampler)
 
-            stop_code = int(all_reduce_max(torch.tensor(float(stop.code), device=dist.device)).item())
+            stop_code = all_reduce_max_host(stop.code)  # host-side: no device sync
             if stop_code:
                 stop.agree(stop_code)  # a rank the signal missed learns which one it was
                 stop_reason = f"stopped by {stop.signal_name} at step {state.step}"
                 break
-            if state.step % cfg.trainer.save_every == 0 and state.step < cfg.trainer.max_steps:
+            if save_step:
                 last_ckpt = checkpoint()
     finally:
         stop.uninstall()
+    skips.read(state)  # steps since the last read (a signal stop), before the final checkpoint
 
     if state.step == cfg.trainer.max_steps and (
         not cfg.trainer.eval_every or state.step % cfg.trainer.eval_every
@@ -279,6 +285,32 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
         # ends with a barrier), so come back as the same job and resume from it.
         requeue_current_job()
     return TrainResult(run_dir, state.step, stop_reason, val_loss, last_ckpt)
+
+
+class _SkipCounter:
+    """Non-finite (skipped) steps, counted on the device and read by the host only when asked."""
+
+    def __init__(self, streak: int, step: int, device: torch.device) -> None:
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.streak = torch.full((), streak, dtype=torch.int64, device=device)
+        self.last = torch.zeros((), dtype=torch.int64, device=device)
+        self.since = step + 1
+
+    def add(self, skipped: torch.Tensor, step: int) -> None:
+        self.count += skipped
+        self.streak = (self.streak + 1) * skipped
+        self.last = torch.where(skipped, step, self.last)
+
+    def read(self, state: TrainState) -> None:
+        """Fold the counts since the last read into `state`, warning about the skipped steps."""
+        count, streak, last = torch.stack([self.count, self.streak, self.last]).tolist()
+        self.count.zero_()
+        state.nonfinite_streak = int(streak)
+        if count:
+            state.skipped_steps += int(count)
+            where = f"step {last}" if count == 1 else f"{count} steps of {self.since}-{state.step}"
+            log.warning("%s: non-finite gradients, update skipped", where)
+        self.since = state.step + 1
 
 
 def _eval_and_log(

@@ -97,7 +97,7 @@ def main(out: Path, overrides: list[str]) -> None:
         unchanged = all(torch.equal(full[k], after[k]) for k in full)
         report = {
             "losses": losses,
-            "skipped": nan_result.skipped,
+            "skipped": bool(nan_result.skipped),
             "grad_norm": float(nan_result.grad_norm),
             "weights_unchanged": unchanged,
             "logits_unchanged": torch.equal(logits, logits_after),
