@@ -107,6 +107,8 @@ class ModelConfig:
     # torch.compile each decoder block (and the chunked loss's softmax passes) on first use.
     # Compiling takes seconds to minutes at start, and pays off over long runs.
     compile: bool = False
+    # Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA, `pip install 'llmtrain[liger]'`).
+    liger: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:

@@ -63,6 +63,33 @@ def compile_blocks(model: PreTrainedModel) -> None:
         layer.compile()
 
 
+def apply_liger_kernels(model: PreTrainedModel, device: torch.device) -> None:
+    """Swap RMSNorm, RoPE and SwiGLU for Liger's fused Triton kernels (GPU only, optional extra).
+
+    Liger's own fused linear cross-entropy is left off: our chunked loss
+    (`model.loss_chunk_tokens`) already never builds the logits, on every device.
+    """
+    if device.type != "cuda":
+        raise ConfigError("model.liger=true needs a CUDA device: Liger's kernels are Triton GPU kernels")
+    try:
+        import liger_kernel.transformers as liger
+    except ImportError as e:
+        raise ConfigError(
+            "model.liger=true needs the liger-kernel package: pip install 'llmtrain[liger]'"
+        ) from e
+    apply = getattr(liger, f"apply_liger_kernel_to_{model.config.model_type}", None)
+    if apply is None:
+        raise ConfigError(f"model.liger=true: liger-kernel has no kernels for {model.config.model_type}")
+    apply(
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+
+
 def hf_config(cfg: ModelConfig, vocab_size: int) -> PretrainedConfig:
     """The HF config for a model built from scratch (random init)."""
     head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
@@ -115,6 +142,8 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) ->
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model, cfg.checkpoint_every)
+    if cfg.liger:
+        apply_liger_kernels(model, device)
     if cfg.lora.r > 0:
         from llmtrain.model.lora import apply_lora
 

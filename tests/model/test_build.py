@@ -56,3 +56,9 @@ def test_selective_checkpointing_recomputes_only_every_nth_layer_with_the_same_g
             assert sum(flags) == 2, flags
     torch.testing.assert_close(grads["all"], grads["none"])
     torch.testing.assert_close(grads["every2"], grads["none"])
+
+
+def test_liger_on_cpu_is_a_config_error_naming_the_key():
+    """What it does not cover: the kernels themselves (Triton, CUDA only)."""
+    with pytest.raises(ConfigError, match="model.liger=true needs a CUDA device"):
+        build_model(ModelConfig(liger=True), 300, torch.device("cpu"))
