@@ -313,6 +313,8 @@ class OptimConfig:
         _one_of(self.name, "optim.name", ("adamw",))
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _require(len(self.betas) == 2, "optim.betas", f"needs two values, got {list(self.betas)}")
+        # `optim.fused=true` on the command line arrives as the YAML boolean, stringified "True".
+        self.fused = str(self.fused).lower()
         _one_of(self.fused, "optim.fused", ("auto", "true", "false"))
 
 

@@ -58,3 +58,10 @@ def test_global_batch_must_divide_into_micro_batches_times_ranks():
 @pytest.mark.parametrize("model", ["tiny", "small", "llama3_2_1b", "llama3_8b", "qwen2_5_0_5b"])
 def test_every_model_shape_composes(model):
     assert load_config([f"model={model}"]).model.name == model
+
+
+def test_optim_fused_accepts_the_yaml_booleans_hydra_makes_of_true_and_false():
+    assert load_config(["optim.fused=true"]).optim.fused == "true"
+    assert load_config(["optim.fused=false"]).optim.fused == "false"
+    with pytest.raises(ConfigError, match="optim.fused"):
+        load_config(["optim.fused=sometimes"])
