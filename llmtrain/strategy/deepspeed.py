@@ -177,15 +177,10 @@ class DeepSpeedStrategy(Strategy):
             dist_init_required=False,
         )
         if self.stage == 3 and module.loss_chunk_tokens:
-            # The chunked loss reads the lm_head weight outside the lm_head module, whose hooks are
-            # what gathers a ZeRO-3 partition; registering it as an external parameter hung SFT
-            # runs with evaluation and sampling (2 CPU ranks). Until that is understood, ZeRO-3
-            # computes the loss from full logits.
-            log.warning(
-                "strategy=%s: model.loss_chunk_tokens ignored under ZeRO-3 (full logits)",
-                self.cfg.strategy.name,
-            )
-            module.loss_chunk_tokens = 0
+            # The chunked loss multiplies by the lm_head weight directly instead of calling the
+            # lm_head module, whose hooks are what gathers a ZeRO-3 partition: tell DeepSpeed to
+            # gather it around the root module's forward instead.
+            deepspeed.zero.register_external_parameter(self.engine.module, module.lm_head_weight())
 
     def _build_optimizer(self, module: CausalLMLoss, offload: bool) -> torch.optim.Optimizer:
         """Our AdamW; DeepSpeed's CPU Adam when optimizer states live on the host.
