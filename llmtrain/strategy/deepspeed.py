@@ -39,6 +39,7 @@ from llmtrain.dist import DistInfo, is_distributed
 from llmtrain.metrics.memory import tensor_bytes
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.strategy.base import StepResult, Strategy
+from llmtrain.strategy.build_lock import clear_stale_deepspeed_build_locks
 from llmtrain.train.optim import build_optimizer, param_groups
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,13 @@ class DeepSpeedStrategy(Strategy):
 
     def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
         self.module = module
-        _ensure_process_group(self.cfg.strategy.timeout_s)
         self.ds_config = build_ds_config(self.cfg, self.dp_size, self.dist.device)
-        log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
         offload = "offload_optimizer" in self.ds_config["zero_optimization"]
+        # The ops DeepSpeed JIT-loads next: shared-memory collectives (CPU accelerator), CPU Adam.
+        ops = ["ShareMemCommBuilder"] + (["CPUAdamBuilder"] if offload else [])
+        clear_stale_deepspeed_build_locks(ops, self.dist.local_rank)
+        _ensure_process_group(self.cfg.strategy.timeout_s)
+        log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
         self.basic_optimizer = self._build_optimizer(module, offload)
         # A callable, so the LambdaLR is built on the optimizer DeepSpeed actually steps. Owned by the
         # engine, it is stepped only on applied updates and saved/loaded with the engine checkpoint.
