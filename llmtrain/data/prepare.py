@@ -240,7 +240,9 @@ def _tokenize(cfg: DataConfig, tok: Any, workers: int) -> Iterator[tuple[int, Do
     # apply_async with a bounded queue instead of Pool.imap: imap's feeder thread would read the
     # whole corpus ahead into memory when the tokenizers are slower than the reader.
     max_in_flight = 2 * workers
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(cfg.tokenizer,)) as pool:
+    # The workers get this process's tokenizer rather than its spec: forked, they inherit it for free,
+    # where rebuilding it (a sentencepiece model is converted on load) costs each about half a second.
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:
         in_flight: deque = deque()
         for chunk in chunks:
             in_flight.append((chunk, pool.apply_async(_encode_in_worker, ([d.text for d in chunk],))))
@@ -266,9 +268,9 @@ def _encode_texts(tok: Any, texts: list[str]) -> list[np.ndarray]:
 _worker_tokenizer: Any = None
 
 
-def _init_worker(spec: str) -> None:
+def _init_worker(tok: Any) -> None:
     global _worker_tokenizer
-    _worker_tokenizer = load_tokenizer(spec)
+    _worker_tokenizer = tok
 
 
 def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
