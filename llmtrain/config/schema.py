@@ -352,7 +352,11 @@ class StrategyConfig:
     offload_params: bool = False
     overlap_comm: bool = True
     contiguous_gradients: bool = True
-    reduce_bucket_size: int = 500_000_000
+    # Elements per gradient-reduction bucket. DeepSpeed's own default (5e8) costs ZeRO-1/2 with
+    # overlap_comm two buffers of that many elements whatever the model's size: +3.4 GiB a rank at
+    # fp32 on a 9M-parameter model, for no measured speed (docs/performance.md). 5e7 is the order of
+    # Megatron-LM's gradient buckets (4e7).
+    reduce_bucket_size: int = 50_000_000
     ds_config: dict[str, Any] = field(default_factory=dict)
     # FSDP2: reshard parameters after forward (ZeRO-3 like) or keep them (ZeRO-2 like).
     reshard_after_forward: bool = True
