@@ -149,6 +149,9 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
             bf16=cfg.trainer.precision == "bf16",
             fp16=cfg.trainer.precision == "fp16",
             gradient_checkpointing=cfg.model.gradient_checkpointing,
+            # Like for like: with model.compile the Trainer compiles its model too (whole-model
+            # torch.compile, the Trainer's only form).
+            torch_compile=cfg.model.compile,
             logging_steps=10,
             save_strategy="no",
             report_to=[],

@@ -39,6 +39,25 @@ def test_loss_and_gradients_equal_the_full_logits_cross_entropy(chunk):
     assert gh[::7].abs().max() == 0  # ignored tokens get no gradient
 
 
+def test_compiled_chunks_give_the_full_logits_loss_and_gradients():
+    # model.compile's path: each chunk (matmuls, softmax gradient, masking) is one compiled
+    # function. 300 tokens in chunks of 128 leave a short last chunk (a second compiled shape).
+    hidden, weight, labels = _inputs()
+    ref = _reference(hidden, weight, labels)
+    ref_gh, ref_gw = torch.autograd.grad(ref * 0.37, (hidden, weight))
+    loss = chunked_linear_cross_entropy(hidden, weight, labels, 128, compiled=True)
+    gh, gw = torch.autograd.grad(loss * 0.37, (hidden, weight))
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-4, atol=1e-6)
+    assert gh[::7].abs().max() == 0
+    weight.requires_grad_(False)  # frozen lm_head (LoRA): only the hidden states' gradient
+    (gh_frozen,) = torch.autograd.grad(
+        chunked_linear_cross_entropy(hidden, weight, labels, 128, compiled=True), (hidden,)
+    )
+    torch.testing.assert_close(gh_frozen, ref_gh / 0.37, rtol=1e-4, atol=1e-6)
+
+
 def test_all_ignored_labels_give_zero_loss_and_zero_gradients():
     hidden, weight, labels = _inputs()
     labels[:] = IGNORE_INDEX
