@@ -58,8 +58,9 @@ def launch(
     timeout: float = 600,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
+    cmd = command(launcher, nproc, script, args)
     proc = subprocess.run(
-        command(launcher, nproc, script, args),
+        cmd,
         cwd=REPO,
         env=_env(env),
         capture_output=True,
@@ -71,7 +72,19 @@ def launch(
             f"{launcher} x{nproc} failed ({proc.returncode}):\n--- stdout ---\n{proc.stdout[-6000:]}\n"
             f"--- stderr ---\n{proc.stderr[-6000:]}"
         )
+    if launcher == "deepspeed" and proc.returncode == 0:
+        assert_no_shm_buffers_left(cmd[cmd.index("--master_port") + 1])
     return proc
+
+
+def assert_no_shm_buffers_left(master_port: str) -> None:
+    """A finished DeepSpeed run on CPU leaves none of its shared-memory allreduce buffers in
+    /dev/shm (DeepSpeed never unlinks them; the strategy does, or RAM fills run by run)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return
+    left = sorted(p.name for p in shm.glob(f"deepspeed_allreduce_buffer_*_{master_port}_*"))
+    assert not left, f"DeepSpeed run left shared-memory buffers in /dev/shm: {left}"
 
 
 def launch_nodes(

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,33 @@ def _ensure_process_group(timeout_s: int) -> None:
     deepspeed.init_distributed(
         dist_backend=tdist.get_backend(), timeout=datetime.timedelta(seconds=timeout_s)
     )
+    _unlink_shm_allreduce_buffer()
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """Remove this rank's name for DeepSpeed's shared-memory allreduce buffer; keep the memory.
+
+    On the CPU accelerator with every rank on one machine, `init_distributed` gives each rank a
+    66 MB POSIX shared-memory segment, `/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_
+    <MASTER_PORT>_<rank>`, and maps every peer's. DeepSpeed never unlinks them, so each run with a
+    new port leaves world_size × 66 MB of RAM behind: on our CI machine a day of runs filled the
+    24 GB tmpfs and the kernel OOM-killed the test suite. Once every rank has mapped every peer's
+    segment (all of them are past `init_distributed`, hence the barrier), the names are no longer
+    needed; unlinking now frees the memory when the processes exit, however they exit.
+    """
+    if get_accelerator().device_name() != "cpu" or tdist.get_world_size() == 1 or sys.platform != "linux":
+        return
+    tdist.barrier()
+    name = "_".join(
+        (
+            "deepspeed_allreduce_buffer",
+            str(os.getuid()),
+            os.environ.get("MASTER_ADDR", ""),
+            os.environ.get("MASTER_PORT", ""),
+            str(tdist.get_rank()),
+        )
+    )
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 class DeepSpeedStrategy(Strategy):
