@@ -15,7 +15,7 @@ from llmtrain.train.setup import prepare_data
 def run_benchmark(
     cfg: TrainConfig, warmup: int, steps: int, vs_hf: bool, json_path: Path | None = None
 ) -> list[BenchResult]:
-    dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
+    dist = init_distributed(cfg.trainer.device, cfg.dist.timeout_s)
     setup_logging()
     try:
         data = prepare_data(cfg)

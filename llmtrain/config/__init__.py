@@ -1,23 +1,26 @@
 """Typed, validated configuration (no torch imports here)."""
 
+from llmtrain.config.checks import ConfigError
+from llmtrain.config.data import DataConfig
 from llmtrain.config.load import compose_config, from_yaml, load_config, strip_launcher_args, to_dict, to_yaml
 from llmtrain.config.schema import (
-    ConfigError,
-    DataConfig,
     LoggerConfig,
     LoraConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
     SchedConfig,
-    StrategyConfig,
     TrainConfig,
     TrainerConfig,
 )
+from llmtrain.config.strategy import DeepSpeedConfig, DistConfig, FSDPConfig, StrategyConfig
 
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DeepSpeedConfig",
+    "DistConfig",
+    "FSDPConfig",
     "LoggerConfig",
     "LoraConfig",
     "ModelConfig",

@@ -20,7 +20,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llmtrain.config.schema import ConfigError, TrainConfig
+from llmtrain.config.checks import ConfigError
+from llmtrain.config.moved import migrate, moved_to
+from llmtrain.config.schema import TrainConfig
 
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 _SCHEMA_NAME = "train_schema"
@@ -81,8 +83,12 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def from_yaml(path: str | Path) -> TrainConfig:
-    """Read a resolved `config.yaml` saved in a run directory back into a `TrainConfig`."""
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    """Read a resolved `config.yaml` saved in a run directory back into a `TrainConfig`.
+
+    Keys that have moved since the file was written are read at their new place.
+    """
+    saved = migrate(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
@@ -102,6 +108,9 @@ def _explain(exc: BaseException, overrides: Sequence[str]) -> str:
     parent = _parent_of(bad, overrides, full_key)
     siblings = _keys_at(parent)
     dotted = f"{parent}.{bad}" if parent else bad
+    new_place = moved_to(dotted)
+    if new_place is not None:
+        return f"config key '{dotted}' has moved to '{new_place}'; use that name"
     hint = difflib.get_close_matches(bad, siblings, n=3)
     msg = f"unknown config key '{dotted}'"
     if hint:

@@ -11,35 +11,14 @@ This module must not import torch: `launch/*.py --help`-style paths and config t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value is missing, malformed or inconsistent with another value."""
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, key, f"got {value!r}, expected one of {', '.join(choices)}")
-
+from llmtrain.config.checks import ConfigError, one_of, require
+from llmtrain.config.data import DataConfig
+from llmtrain.config.strategy import PARAM_DTYPES, DistConfig, StrategyConfig
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 PRECISIONS = ("fp32", "bf16", "fp16")
-PARAM_DTYPES = ("float32", "bfloat16", "float16")
-STRATEGIES = ("single", "zero1", "zero2", "zero3", "zero3_offload", "fsdp")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
-DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "synthetic")
-DATA_KINDS = ("pretrain", "sft")
-# SFT: how a row is read into a conversation (`auto` looks at the first row's fields).
-SFT_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "synthetic")
-CHAT_TEMPLATES = ("auto", "tokenizer", "chatml", "llama3", "alpaca")
-SFT_TRUNCATIONS = ("drop", "truncate_turns")
-BAD_EXAMPLE_POLICIES = ("skip", "error")
-TEXT_SPLITS = ("paragraph", "line", "file")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -65,8 +44,8 @@ class LoraConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.r >= 0, "model.lora.r", f"must be >= 0, got {self.r}")
-        _require(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.r >= 0, "model.lora.r", f"must be >= 0, got {self.r}")
+        require(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -112,123 +91,30 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
-        _one_of(self.arch, "model.arch", ("llama", "qwen2", "mistral"))
-        _one_of(self.attn_implementation, "model.attn_implementation", ATTN_IMPLEMENTATIONS)
-        _one_of(self.dtype, "model.dtype", PARAM_DTYPES)
-        _require(
+        one_of(self.arch, "model.arch", ("llama", "qwen2", "mistral"))
+        one_of(self.attn_implementation, "model.attn_implementation", ATTN_IMPLEMENTATIONS)
+        one_of(self.dtype, "model.dtype", PARAM_DTYPES)
+        require(
             self.checkpoint_every >= 1, "model.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}"
         )
-        _require(
+        require(
             self.loss_chunk_tokens >= 0,
             "model.loss_chunk_tokens",
             f"must be >= 0, got {self.loss_chunk_tokens}",
         )
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            _require(getattr(self, key) > 0, f"model.{key}", f"must be > 0, got {getattr(self, key)}")
+            require(getattr(self, key) > 0, f"model.{key}", f"must be > 0, got {getattr(self, key)}")
         if self.pretrained is None and self.head_dim is None:
-            _require(
+            require(
                 self.hidden_size % self.num_heads == 0,
                 "model.hidden_size",
                 f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}; set model.head_dim",
             )
-        _require(
+        require(
             self.num_heads % self.num_kv_heads == 0,
             "model.num_kv_heads",
             f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.num_kv_heads}",
         )
-
-
-@dataclass
-class DataConfig:
-    """Where training text comes from, how it is tokenized, and how it is cut into samples."""
-
-    name: str = "synthetic"
-    # pretrain: documents cut into windows; sft: conversations with loss on assistant turns only.
-    kind: str = "pretrain"
-    # Raw source: a file, a directory, a glob, or `hf:NAME` for a Hugging Face dataset.
-    path: str | None = None
-    # pretrain: text|jsonl|parquet|hf|synthetic|auto. sft: alpaca|sharegpt|messages|synthetic|auto.
-    format: str = "synthetic"
-    # Field holding the text in jsonl / parquet / Hugging Face rows.
-    text_field: str = "text"
-    # How plain-text files are cut into documents.
-    text_split: str = "paragraph"
-    # Split of a Hugging Face dataset to read.
-    hf_split: str = "train"
-    # `byte` (built in, needs no file), a sentencepiece `.model` file, or a Hugging Face tokenizer folder.
-    tokenizer: str = "byte"
-    # Tokens per training sample (the model sees seq_len inputs and seq_len shifted labels).
-    seq_len: int = 256
-    # Share of documents held out for validation (split by document, never inside one).
-    val_fraction: float = 0.02
-    # Tokenized shards are cached here under a key of (source, tokenizer, prep settings).
-    cache_dir: str = "data_cache"
-    # Explicit folder of shards from `launch/prepare_data.py`; overrides the cache lookup.
-    shards_dir: str | None = None
-    # Tokens per shard file written by data preparation.
-    shard_tokens: int = 50_000_000
-    # Worker processes for data preparation. None: all cores.
-    prep_workers: int | None = None
-    # Documents of the synthetic corpus (format=synthetic).
-    synthetic_docs: int = 4000
-    # Mask attention across document boundaries inside a sample (and restart position ids).
-    document_masking: bool = False
-    # DataLoader worker processes feeding the training loop (0: load in the training process).
-    loader_workers: int = 1
-    prefetch_factor: int = 4
-
-    # --- SFT (kind=sft) ---
-    # auto: the tokenizer's own chat_template when it has one, else chatml. `tokenizer` insists on it.
-    chat_template: str = "auto"
-    # System message added to conversations that have none (some templates require one).
-    system_prompt: str | None = None
-    # Train on every token (prompts too), not only assistant replies.
-    train_on_prompt: bool = False
-    # Conversations longer than seq_len + 1 tokens: drop them, or keep the leading whole turns.
-    truncation: str = "truncate_turns"
-    # Several examples per sequence, attention and positions separated per example.
-    packing: bool = False
-    # Rename fields: canonical name -> the dataset's field, e.g. {instruction: prompt, output: response}.
-    # Canonical names: instruction input output system history conversations messages tools role content.
-    fields: dict[str, str] = field(default_factory=dict)
-    # Extra role names: the dataset's role value -> user|assistant|system|tool|tool_call.
-    role_names: dict[str, str] = field(default_factory=dict)
-    # Use only the first N examples of the source (None: all).
-    max_examples: int | None = None
-    # A malformed example: skip it (counted, first reasons logged, listed in the manifest) or stop.
-    on_bad_example: str = "skip"
-    # Conversations of the generated instruction set (format=synthetic, kind=sft).
-    synthetic_examples: int = 3000
-
-    def __post_init__(self) -> None:
-        _one_of(self.kind, "data.kind", DATA_KINDS)
-        _one_of(self.format, "data.format", SFT_FORMATS if self.kind == "sft" else DATA_FORMATS)
-        _one_of(self.chat_template, "data.chat_template", CHAT_TEMPLATES)
-        _one_of(self.truncation, "data.truncation", SFT_TRUNCATIONS)
-        _one_of(self.on_bad_example, "data.on_bad_example", BAD_EXAMPLE_POLICIES)
-        if self.max_examples is not None:
-            _require(
-                self.max_examples > 0, "data.max_examples", f"must be > 0 or null, got {self.max_examples}"
-            )
-        if self.packing:
-            _require(self.kind == "sft", "data.packing", "packs SFT examples; it needs data.kind=sft")
-            _require(
-                self.document_masking,
-                "data.document_masking",
-                "must be true when data.packing=true, or packed examples would attend to each other",
-            )
-        _one_of(self.text_split, "data.text_split", TEXT_SPLITS)
-        _require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
-        _require(
-            0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
-        )
-        _require(self.shard_tokens > 0, "data.shard_tokens", f"must be > 0, got {self.shard_tokens}")
-        if self.format != "synthetic":
-            _require(
-                self.path is not None or self.shards_dir is not None,
-                "data.path",
-                "is required (a file, directory, glob or hf:NAME) unless data.shards_dir is set",
-            )
 
 
 @dataclass
@@ -262,20 +148,20 @@ class TrainerConfig:
     sample_max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
-        _require(self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
-        _one_of(self.precision, "trainer.precision", PRECISIONS)
-        _one_of(self.device, "trainer.device", ("auto", "cpu", "cuda"))
+        require(self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
+        one_of(self.precision, "trainer.precision", PRECISIONS)
+        one_of(self.device, "trainer.device", ("auto", "cpu", "cuda"))
         for key in ("global_batch_size", "micro_batch_size", "log_every", "save_every", "keep_last"):
-            _require(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
-        _require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0, got {self.eval_every}")
-        _require(
+            require(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
+        require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0, got {self.eval_every}")
+        require(
             self.sample_max_new_tokens > 0,
             "trainer.sample_max_new_tokens",
             f"must be > 0, got {self.sample_max_new_tokens}",
         )
-        _require(self.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {self.grad_clip}")
         if self.grad_accum_steps is not None:
-            _require(
+            require(
                 self.grad_accum_steps > 0,
                 "trainer.grad_accum_steps",
                 f"must be > 0, got {self.grad_accum_steps}",
@@ -310,12 +196,12 @@ class OptimConfig:
     fused: str = "auto"
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "optim.name", ("adamw",))
-        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        _require(len(self.betas) == 2, "optim.betas", f"needs two values, got {list(self.betas)}")
+        one_of(self.name, "optim.name", ("adamw",))
+        require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        require(len(self.betas) == 2, "optim.betas", f"needs two values, got {list(self.betas)}")
         # `optim.fused=true` on the command line arrives as the YAML boolean, stringified "True".
         self.fused = str(self.fused).lower()
-        _one_of(self.fused, "optim.fused", ("auto", "true", "false"))
+        one_of(self.fused, "optim.fused", ("auto", "true", "false"))
 
 
 @dataclass
@@ -329,47 +215,16 @@ class SchedConfig:
     decay_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "sched.name", SCHEDULES)
-        _require(self.warmup_steps >= 0, "sched.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(
+        one_of(self.name, "sched.name", SCHEDULES)
+        require(self.warmup_steps >= 0, "sched.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(
             0 <= self.min_lr_ratio <= 1, "sched.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
         )
-        _require(
+        require(
             0 < self.decay_fraction <= 1,
             "sched.decay_fraction",
             f"must be in (0, 1], got {self.decay_fraction}",
         )
-
-
-@dataclass
-class StrategyConfig:
-    """How the model is distributed. `name` picks the implementation; other keys tune it."""
-
-    name: str = "single"
-    # DeepSpeed: generated config keys, and a dict merged over the generated JSON for anything else.
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    overlap_comm: bool = True
-    contiguous_gradients: bool = True
-    # Elements per gradient-reduction bucket. DeepSpeed's own default (5e8) costs ZeRO-1/2 with
-    # overlap_comm two buffers of that many elements whatever the model's size: +3.4 GiB a rank at
-    # fp32 on a 9M-parameter model, for no measured speed (docs/performance.md). 5e7 is the order of
-    # Megatron-LM's gradient buckets (4e7).
-    reduce_bucket_size: int = 50_000_000
-    ds_config: dict[str, Any] = field(default_factory=dict)
-    # FSDP2: reshard parameters after forward (ZeRO-3 like) or keep them (ZeRO-2 like).
-    reshard_after_forward: bool = True
-    cpu_offload: bool = False
-    # Dtype gradients are reduced in under mixed precision.
-    reduce_dtype: str = "float32"
-    # Collective timeout: a dead rank makes the others fail after this long instead of hanging.
-    timeout_s: int = 600
-
-    def __post_init__(self) -> None:
-        _one_of(self.name, "strategy.name", STRATEGIES)
-        _require(0 <= self.zero_stage <= 3, "strategy.zero_stage", f"must be 0..3, got {self.zero_stage}")
-        _one_of(self.reduce_dtype, "strategy.reduce_dtype", PARAM_DTYPES)
 
 
 @dataclass
@@ -387,8 +242,8 @@ class LoggerConfig:
     mode: str = "offline"
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "logger.name", LOGGERS)
-        _one_of(self.mode, "logger.mode", WANDB_MODES)
+        one_of(self.name, "logger.name", LOGGERS)
+        one_of(self.mode, "logger.mode", WANDB_MODES)
 
 
 @dataclass
@@ -400,6 +255,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
@@ -411,4 +267,11 @@ class TrainConfig:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
                 f"{self.model.max_position_embeddings}"
+            )
+        if self.strategy.zero_stage is not None and self.model.dtype != "float32":
+            require(
+                self.trainer.precision != "fp32",
+                "model.dtype",
+                f"model.dtype={self.model.dtype} with trainer.precision=fp32 under DeepSpeed: DeepSpeed keeps "
+                "the parameters in the dtype trainer.precision names; set trainer.precision=bf16 instead",
             )

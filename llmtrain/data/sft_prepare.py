@@ -13,7 +13,7 @@ its name) and every setting that changes the ids or masks, so a rerun reuses the
 change makes a new one. Examples go to train or val by a hash of their index (as pretraining
 documents do), so the split does not move when other examples are added or dropped.
 
-Rank 0 prepares while the other ranks wait in a barrier bounded by `strategy.timeout_s`: a set
+Rank 0 prepares while the other ranks wait in a barrier bounded by `dist.timeout_s`: a set
 that takes longer than that to tokenize makes the waiting ranks fail with a collective timeout.
 Prepare it ahead with `python launch/prepare_data.py data=...` (same config) on big sets.
 """

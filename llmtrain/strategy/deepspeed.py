@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO 1/2/3 (optionally offloaded to CPU) behind the `Strategy` interface.
 
 The DeepSpeed JSON config is generated from our typed config (batch sizes, precision, clipping,
-ZeRO stage and offload) and `strategy.ds_config` is deep-merged over it, so any DeepSpeed key can
-still be reached (in a conf/strategy file, or `+strategy.ds_config.zero_optimization.KEY=VALUE` on
+ZeRO stage and offload) and `strategy.deepspeed.config` is deep-merged over it, so any DeepSpeed key can
+still be reached (in a conf/strategy file, or `+strategy.deepspeed.config.zero_optimization.KEY=VALUE` on
 the command line). We bring our own optimizer and LR schedule; DeepSpeed owns the engine, the loss
 scaler, gradient reduction, clipping and the sharded checkpoint format.
 
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "zero"
 # Our CausalLMLoss wraps the HF model as `.model`; HF names are the ones below it.
 MODULE_PREFIX = "model."
-STAGES = {"zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -63,21 +62,10 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def zero_stage(cfg: TrainConfig) -> int:
-    """The ZeRO stage, named by `strategy.name`; `strategy.zero_stage` may only agree with it."""
-    stage = STAGES[cfg.strategy.name]
-    if cfg.strategy.zero_stage not in (0, stage):
-        raise ConfigError(
-            f"strategy.zero_stage={cfg.strategy.zero_stage} contradicts strategy.name={cfg.strategy.name} "
-            f"(stage {stage}); pick the stage with strategy=zero1|zero2|zero3"
-        )
-    return stage
-
-
 def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed JSON config for this run: generated keys, then `strategy.ds_config` over them."""
-    stage = zero_stage(cfg)
-    trainer, strat = cfg.trainer, cfg.strategy
+    """The DeepSpeed JSON config for this run: generated keys, then `strategy.deepspeed.config` over them."""
+    stage = cfg.strategy.zero_stage
+    trainer, strat = cfg.trainer, cfg.strategy.deepspeed
     zero: dict[str, Any] = {
         "stage": stage,
         "overlap_comm": strat.overlap_comm,
@@ -86,11 +74,9 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dic
     }
     # Pinned host buffers only help (and only work) with a CUDA device to copy to.
     pin = device.type == "cuda"
-    if strat.offload_optimizer or strat.name == "zero3_offload":
+    if strat.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
-    if strat.offload_params or strat.name == "zero3_offload":
-        if stage != 3:
-            raise ConfigError(f"strategy.offload_params needs ZeRO stage 3, got strategy.name={strat.name}")
+    if strat.offload_params:  # stage 3 only: checked by the schema
         zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     generated: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
@@ -114,14 +100,14 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dic
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    return deep_merge(generated, strat.ds_config)
+    return deep_merge(generated, strat.config)
 
 
 def _ensure_process_group(timeout_s: int) -> None:
     """DeepSpeed needs a process group even alone; reuse the job's, or make a 1-rank one.
 
     With torch.distributed already initialised (by `llmtrain.dist.init_distributed`, gloo on CPU,
-    with `strategy.timeout_s`), `deepspeed.init_distributed` only wraps the existing group, so our
+    with `dist.timeout_s`), `deepspeed.init_distributed` only wraps the existing group, so our
     bounded timeout is the one every ZeRO collective runs under. A lone process (`python
     launch/train.py strategy=zero2`) has no group: an in-memory 1-rank one avoids DeepSpeed's
     MPI discovery and needs no free port.
@@ -175,16 +161,11 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         super().__init__(cfg, dist)
         self.name = cfg.strategy.name
-        self.stage = zero_stage(cfg)
+        self.stage = cfg.strategy.zero_stage
         if cfg.trainer.precision == "fp16" and not get_accelerator().is_fp16_supported():
             raise ConfigError(
                 f"trainer.precision=fp16: DeepSpeed's {get_accelerator().device_name()} accelerator does not "
                 "support fp16 here; use trainer.precision=bf16 or fp32 (fp16 needs a GPU)"
-            )
-        if cfg.model.dtype != "float32" and cfg.trainer.precision == "fp32":
-            raise ConfigError(
-                f"model.dtype={cfg.model.dtype} with trainer.precision=fp32 under DeepSpeed: DeepSpeed keeps "
-                "the parameters in the dtype trainer.precision names; set trainer.precision=bf16 instead"
             )
         # DeepSpeed logs its whole config and every engine detail at INFO; we log the config once.
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -196,7 +177,7 @@ class DeepSpeedStrategy(Strategy):
         # The ops DeepSpeed JIT-loads next: shared-memory collectives (CPU accelerator), CPU Adam.
         ops = ["ShareMemCommBuilder"] + (["CPUAdamBuilder"] if offload else [])
         clear_stale_deepspeed_build_locks(ops, self.dist.local_rank)
-        _ensure_process_group(self.cfg.strategy.timeout_s)
+        _ensure_process_group(self.cfg.dist.timeout_s)
         log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
         self.basic_optimizer = self._build_optimizer(module, offload)
         # A callable, so the LambdaLR is built on the optimizer DeepSpeed actually steps. Owned by the
@@ -248,7 +229,7 @@ class DeepSpeedStrategy(Strategy):
                 f"DeepSpeed's accumulation boundary ({self.engine.is_gradient_accumulation_boundary()}) "
                 f"disagrees with the loop's (is_last_micro={is_last_micro}): its "
                 f"gradient_accumulation_steps={self.engine.gradient_accumulation_steps()} must equal the "
-                "number of micro-batches per step (do not override it in strategy.ds_config)"
+                "number of micro-batches per step (do not override it in strategy.deepspeed.config)"
             )
         # The engine averages gradients over data-parallel ranks (the loop wants their sum) and by
         # default divides by gradient_accumulation_steps (the loop already normalised the loss).
@@ -272,7 +253,7 @@ class DeepSpeedStrategy(Strategy):
             raise RuntimeError(
                 f"DeepSpeed {deepspeed.__version__} applied an update with gradient norm {norm}: the weights "
                 "are no longer finite. Use a DeepSpeed release whose ZeRO optimizer skips such steps, and "
-                "keep strategy.ds_config from setting bf16.check_grad_overflow=false"
+                "keep strategy.deepspeed.config from setting bf16.check_grad_overflow=false"
             )
         return StepResult(
             grad_norm=grad_norm,

@@ -13,7 +13,7 @@ How the model is sharded, in this order (`shard_model`):
 
 Mixed precision is FSDP's `MixedPrecisionPolicy`, not autocast: the sharded masters stay fp32, the
 all-gather casts them to bf16/fp16 so every matmul runs in low precision, and gradients are reduced in
-`strategy.reduce_dtype` and land as fp32 shards for the optimizer. (Autocast on top would only add
+`strategy.fsdp.reduce_dtype` and land as fp32 shards for the optimizer. (Autocast on top would only add
 casts; the loss module already computes cross-entropy in fp32.)
 """
 
@@ -124,9 +124,9 @@ class FSDPStrategy(Strategy):
             module,
             mesh,
             param_dtype=AUTOCAST_DTYPES.get(self.cfg.trainer.precision),
-            reduce_dtype=DTYPES[self.cfg.strategy.reduce_dtype],
-            reshard_after_forward=self.cfg.strategy.reshard_after_forward,
-            cpu_offload=self.cfg.strategy.cpu_offload,
+            reduce_dtype=DTYPES[self.cfg.strategy.fsdp.reduce_dtype],
+            reshard_after_forward=self.cfg.strategy.fsdp.reshard_after_forward,
+            cpu_offload=self.cfg.strategy.fsdp.cpu_offload,
         )
         self.module = module
         # Built on the sharded DTensor parameters: each rank's optimizer states cover its shards only.

@@ -25,7 +25,7 @@ BOOKKEEPING_KEYS = frozenset(
         "trainer.save_every",
         "trainer.keep_last",
         "trainer.device",
-        "strategy.timeout_s",
+        "dist.timeout_s",
     }
 )
 MAX_NAME_CHARS = 128

@@ -117,7 +117,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # loop (nothing to save yet), so forked helpers (data-prep pools) still die on Pool.terminate().
     stop = StopRequest().install((signal.SIGUSR1,))
     try:
-        dist = init_distributed(cfg.trainer.device, cfg.strategy.timeout_s)
+        dist = init_distributed(cfg.trainer.device, cfg.dist.timeout_s)
         try:
             return _train(cfg, dist, stop)
         finally:

@@ -30,7 +30,7 @@ def prepare_data(cfg: TrainConfig) -> RunData:
     """Tokenizer and shards; rank 0 prepares missing shards while the other ranks wait."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     shards_dir = ensure_shards(cfg.data) if is_main_process() else None
-    # The other ranks wait in a collective bounded by strategy.timeout_s: a corpus (or SFT set) that
+    # The other ranks wait in a collective bounded by dist.timeout_s: a corpus (or SFT set) that
     # takes longer to tokenize fails them with a timeout. Prepare big ones with launch/prepare_data.py.
     barrier()
     shards_dir = shards_dir or ensure_shards(cfg.data)

@@ -44,7 +44,7 @@ def tiny_overrides(cache_dir: Path, **extra: object) -> list[str]:
         "data.synthetic_docs": 300,
         "data.loader_workers": 0,
         "data.cache_dir": cache_dir,
-        "strategy.timeout_s": 30,
+        "dist.timeout_s": 30,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

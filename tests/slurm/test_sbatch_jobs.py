@@ -301,7 +301,7 @@ def test_a_rank_killed_with_sigkill_fails_the_job_within_the_timeout_and_a_rerun
     seen = scenarios["killed"].result()
     job, final = seen["job"], seen["final"]
     assert (final["JobState"], final["Reason"]) == ("FAILED", "NonZeroExitCode"), job.tail()
-    # srun --kill-on-bad-exit ends the step at once; strategy.timeout_s=30 is the bound without it.
+    # srun --kill-on-bad-exit ends the step at once; dist.timeout_s=30 is the bound without it.
     assert seen["ended_after"] < 30, f"the job took {seen['ended_after']:.1f}s to end after rank 1 died"
     print(
         f"job {job.id}: ended {seen['ended_after']:.1f}s after SIGKILL of rank 1; rerun from step {seen['latest_step']}"

@@ -61,7 +61,7 @@ def main(out: Path, overrides: list[str]) -> None:
             *overrides,
         ]
     )
-    dist = init_distributed("cpu", cfg.strategy.timeout_s)
+    dist = init_distributed("cpu", cfg.dist.timeout_s)
     strategy = build_model_and_strategy(cfg, dist, VOCAB)
     strategy.train(True)
     accum = cfg.trainer.grad_accum_for(dist.world_size)

@@ -5,7 +5,7 @@ outside, so the library carries no test hooks:
   FAULT=inf   FAULT_STEP=k              the loss of global step k is multiplied by inf before
                                         backward: every gradient overflows (an fp16 overflow).
   FAULT=hang  FAULT_STEP=k FAULT_RANK=r rank r stops at step k without dying (a stuck rank): the
-                                        others must fail after strategy.timeout_s. It still dies on
+                                        others must fail after dist.timeout_s. It still dies on
                                         SIGTERM: with the loop's graceful-stop handler it would make
                                         torchrun wait its fixed 30 s before SIGKILL.
   FAULT=kill  FAULT_STEP=k FAULT_RANK=r rank r SIGKILLs itself at step k (a dead node).

@@ -42,7 +42,7 @@ VARIANTS = {
     "plain": [],
     "checkpointing+tied": ["model.gradient_checkpointing=true", "model.tie_word_embeddings=true"],
     # Strategy options that must not change the arithmetic (fsdp only; single ignores them).
-    "offload+keep-unsharded": ["strategy.cpu_offload=true", "strategy.reshard_after_forward=false"],
+    "offload+keep-unsharded": ["strategy.fsdp.cpu_offload=true", "strategy.fsdp.reshard_after_forward=false"],
 }
 
 

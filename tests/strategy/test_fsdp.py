@@ -161,8 +161,8 @@ def test_fsdp_two_nodes_one_rank_each_match_two_local_ranks(fsdp_run, tiny_args,
 
 def test_stuck_rank_makes_the_job_fail_within_the_collective_timeout(tiny_args):
     """Rank 1 stops at step 3 without dying; rank 0's next collective must time out after
-    strategy.timeout_s (10 s), and torchrun then ends the job with a non-zero status."""
-    args = tiny_args("fsdp_stuck", **FSDP, **{"strategy.timeout_s": 10})
+    dist.timeout_s (10 s), and torchrun then ends the job with a non-zero status."""
+    args = tiny_args("fsdp_stuck", **FSDP, **{"dist.timeout_s": 10})
     start = time.monotonic()
     proc = launch(
         "torchrun", 2, args, script=FAULT_SCRIPT, check=False, timeout=240,
@@ -179,7 +179,7 @@ def test_stuck_rank_makes_the_job_fail_within_the_collective_timeout(tiny_args):
 def test_killed_node_makes_every_node_exit_nonzero(tiny_args):
     """Node 1's only rank is SIGKILLed at step 3: node 0's torchrun cannot see that process, so
     its rank must fail in its next collective (peer closed) and exit instead of waiting."""
-    args = tiny_args("fsdp_killed", **FSDP, **{"strategy.timeout_s": 10})
+    args = tiny_args("fsdp_killed", **FSDP, **{"dist.timeout_s": 10})
     start = time.monotonic()
     procs = launch_nodes(
         2, args, script=FAULT_SCRIPT, timeout=240, env={"FAULT": "kill", "FAULT_STEP": "3", "FAULT_RANK": "1"}

@@ -1,0 +1,109 @@
+"""Schema of `data.*`: where training text comes from, how it is tokenized and cut into samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmtrain.config.checks import one_of, require
+
+DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "synthetic")
+DATA_KINDS = ("pretrain", "sft")
+# SFT: how a row is read into a conversation (`auto` looks at the first row's fields).
+SFT_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "synthetic")
+CHAT_TEMPLATES = ("auto", "tokenizer", "chatml", "llama3", "alpaca")
+SFT_TRUNCATIONS = ("drop", "truncate_turns")
+BAD_EXAMPLE_POLICIES = ("skip", "error")
+TEXT_SPLITS = ("paragraph", "line", "file")
+
+
+@dataclass
+class DataConfig:
+    """Where training text comes from, how it is tokenized, and how it is cut into samples."""
+
+    name: str = "synthetic"
+    # pretrain: documents cut into windows; sft: conversations with loss on assistant turns only.
+    kind: str = "pretrain"
+    # Raw source: a file, a directory, a glob, or `hf:NAME` for a Hugging Face dataset.
+    path: str | None = None
+    # pretrain: text|jsonl|parquet|hf|synthetic|auto. sft: alpaca|sharegpt|messages|synthetic|auto.
+    format: str = "synthetic"
+    # Field holding the text in jsonl / parquet / Hugging Face rows.
+    text_field: str = "text"
+    # How plain-text files are cut into documents.
+    text_split: str = "paragraph"
+    # Split of a Hugging Face dataset to read.
+    hf_split: str = "train"
+    # `byte` (built in, needs no file), a sentencepiece `.model` file, or a Hugging Face tokenizer folder.
+    tokenizer: str = "byte"
+    # Tokens per training sample (the model sees seq_len inputs and seq_len shifted labels).
+    seq_len: int = 256
+    # Share of documents held out for validation (split by document, never inside one).
+    val_fraction: float = 0.02
+    # Tokenized shards are cached here under a key of (source, tokenizer, prep settings).
+    cache_dir: str = "data_cache"
+    # Explicit folder of shards from `launch/prepare_data.py`; overrides the cache lookup.
+    shards_dir: str | None = None
+    # Tokens per shard file written by data preparation.
+    shard_tokens: int = 50_000_000
+    # Worker processes for data preparation. None: all cores.
+    prep_workers: int | None = None
+    # Documents of the synthetic corpus (format=synthetic).
+    synthetic_docs: int = 4000
+    # Mask attention across document boundaries inside a sample (and restart position ids).
+    document_masking: bool = False
+    # DataLoader worker processes feeding the training loop (0: load in the training process).
+    loader_workers: int = 1
+    prefetch_factor: int = 4
+
+    # --- SFT (kind=sft) ---
+    # auto: the tokenizer's own chat_template when it has one, else chatml. `tokenizer` insists on it.
+    chat_template: str = "auto"
+    # System message added to conversations that have none (some templates require one).
+    system_prompt: str | None = None
+    # Train on every token (prompts too), not only assistant replies.
+    train_on_prompt: bool = False
+    # Conversations longer than seq_len + 1 tokens: drop them, or keep the leading whole turns.
+    truncation: str = "truncate_turns"
+    # Several examples per sequence, attention and positions separated per example.
+    packing: bool = False
+    # Rename fields: canonical name -> the dataset's field, e.g. {instruction: prompt, output: response}.
+    # Canonical names: instruction input output system history conversations messages tools role content.
+    fields: dict[str, str] = field(default_factory=dict)
+    # Extra role names: the dataset's role value -> user|assistant|system|tool|tool_call.
+    role_names: dict[str, str] = field(default_factory=dict)
+    # Use only the first N examples of the source (None: all).
+    max_examples: int | None = None
+    # A malformed example: skip it (counted, first reasons logged, listed in the manifest) or stop.
+    on_bad_example: str = "skip"
+    # Conversations of the generated instruction set (format=synthetic, kind=sft).
+    synthetic_examples: int = 3000
+
+    def __post_init__(self) -> None:
+        one_of(self.kind, "data.kind", DATA_KINDS)
+        one_of(self.format, "data.format", SFT_FORMATS if self.kind == "sft" else DATA_FORMATS)
+        one_of(self.chat_template, "data.chat_template", CHAT_TEMPLATES)
+        one_of(self.truncation, "data.truncation", SFT_TRUNCATIONS)
+        one_of(self.on_bad_example, "data.on_bad_example", BAD_EXAMPLE_POLICIES)
+        if self.max_examples is not None:
+            require(
+                self.max_examples > 0, "data.max_examples", f"must be > 0 or null, got {self.max_examples}"
+            )
+        if self.packing:
+            require(self.kind == "sft", "data.packing", "packs SFT examples; it needs data.kind=sft")
+            require(
+                self.document_masking,
+                "data.document_masking",
+                "must be true when data.packing=true, or packed examples would attend to each other",
+            )
+        one_of(self.text_split, "data.text_split", TEXT_SPLITS)
+        require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
+        require(
+            0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
+        )
+        require(self.shard_tokens > 0, "data.shard_tokens", f"must be > 0, got {self.shard_tokens}")
+        if self.format != "synthetic":
+            require(
+                self.path is not None or self.shards_dir is not None,
+                "data.path",
+                "is required (a file, directory, glob or hf:NAME) unless data.shards_dir is set",
+            )
