@@ -1,4 +1,5 @@
-"""Who am I in the job: rank and world discovery, process-group setup, and the one rank-0 guard.
+"""Who am I in the job: rank and world discovery, the process groups and device mesh (made here and
+nowhere else), and the one rank-0 guard.
 
 Launchers describe the job in environment variables: torchrun and the deepspeed launcher set
 RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; `srun` sets SLURM_PROCID/SLURM_NTASKS/
@@ -77,11 +78,43 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistInfo:
                 "or srun (under SLURM llmtrain.cluster sets them), or export them yourself"
             )
         tdist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo",
+            backend=_backend(dev),
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=dev if dev.type == "cuda" else None,
         )
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def ensure_process_group(device: torch.device, timeout_s: int) -> None:
+    """A process group even for a lone process: FSDP2, DCP and DeepSpeed need one.
+
+    A job launched with several ranks has its group from `init_distributed` already. A lone process
+    (`python launch/train.py strategy=fsdp`, one process resuming a sharded run) gets a 1-rank group
+    on an in-memory store: no free port, no MPI discovery. The variables are the ones a launcher
+    would have set, which DeepSpeed's engine insists on reading.
+    """
+    if is_distributed():
+        return
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    tdist.init_process_group(
+        _backend(device),
+        store=tdist.HashStore(),
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def data_parallel_mesh(device: torch.device) -> Any:
+    """The 1-D device mesh over every rank that data-parallel sharding (FSDP2) runs on."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (get_world_size(),))
 
 
 def is_distributed() -> bool:

@@ -15,14 +15,14 @@ import torch
 from torch.utils.data import Dataset
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from llmtrain.bench.ours import compute_dtype, sync
+from llmtrain.bench.ours import sync
 from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
 from llmtrain.data.pretrain import IGNORE_INDEX, PretrainWindows
 from llmtrain.data.shards import TokenShards
 from llmtrain.dist import DistInfo
 from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
-from llmtrain.metrics.peak import peak_flops
+from llmtrain.metrics.throughput import mfu_peak_flops
 from llmtrain.model.build import build_model
 from llmtrain.model.flops import flops_per_token
 from llmtrain.train.setup import RunData
@@ -183,7 +183,7 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
         step_peak_bytes=clock.step_peak.bytes if clock.step_peak is not None else None,
         peak_memory_gib=peak_memory_gib(dist.device),
         flops_per_token=flops_per_token(model.config, cfg.data.seq_len),
-        peak_flops=peak_flops(dist.device, compute_dtype(cfg)) * dist.world_size,
+        peak_flops=mfu_peak_flops(dist.device, cfg.trainer.precision, cfg.model.dtype, dist.world_size),
         world_size=dist.world_size,
         losses=clock.losses,
     )

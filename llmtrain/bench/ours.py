@@ -8,10 +8,9 @@ import torch
 
 from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
-from llmtrain.dist import DistInfo, all_reduce_sum
+from llmtrain.dist import DistInfo
 from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
-from llmtrain.metrics.peak import peak_flops
-from llmtrain.model.build import DTYPES
+from llmtrain.metrics.throughput import IntervalMeter, mfu_peak_flops
 from llmtrain.model.flops import flops_per_token
 from llmtrain.train.setup import RunData, build_loaders, build_model_and_strategy, to_device
 from llmtrain.train.step import train_step
@@ -44,17 +43,6 @@ class PhaseClock:
         self.last = now
 
 
-def compute_dtype(cfg: TrainConfig) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision, DTYPES[cfg.model.dtype])
-
-
-def _real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Non-padding tokens: document id -1 marks padding (SFT rows); windows have none."""
-    if "document_ids" in batch:
-        return (batch["document_ids"] >= 0).sum()
-    return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
-
-
 def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int, steps: int) -> BenchResult:
     strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer))
     train_loader, _ = build_loaders(cfg, data.shards_dir, strategy, start_step=0)
@@ -63,21 +51,23 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
     strategy.train(True)
     losses: list[float] = []
     clock = PhaseClock(dist.device)
-    real_tokens = torch.zeros((), dtype=torch.int64, device=dist.device)
+    flops_tok = flops_per_token(strategy.hf_model.config, cfg.data.seq_len)
+    peak = mfu_peak_flops(dist.device, cfg.trainer.precision, cfg.model.dtype, dist.world_size)
+    # The loop's own meter: the same token count and MFU as metrics.jsonl reports.
+    meter = IntervalMeter(dist.device, flops_tok, peak)
     for i in range(warmup + steps):
         if i == warmup:
             clock = PhaseClock(dist.device)
-            real_tokens.zero_()
-            start = time.perf_counter()
+            meter.reset()
         clock.start()
         batches = [to_device(next(it), dist.device) for _ in range(accum)]
         clock("data")
         out = train_step(strategy, batches, phase_done=clock if i >= warmup else None)
-        real_tokens += sum(_real_tokens(b) for b in batches)
+        meter.add(out.loss_sum, out.num_labels, batches)
         if i == warmup + steps - 1 or i % 10 == 0:
             losses.append((out.loss_sum / out.num_labels).item())
     sync(dist.device)
-    elapsed = time.perf_counter() - start
+    timed = meter.read()
     # One more step, untimed, to measure what a step allocates on top of weights and states.
     batches = [to_device(next(it), dist.device) for _ in range(accum)]
     with track_peak_allocation(dist.device) as step_peak:
@@ -86,14 +76,14 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
         name=f"llmtrain[{strategy.name}]",
         steps=steps,
         tokens_per_step=cfg.trainer.global_batch_size * cfg.data.seq_len,
-        effective_tokens_per_step=int(all_reduce_sum(real_tokens).item()) / steps,
-        step_time_s=elapsed / steps,
+        effective_tokens_per_step=timed.tokens / steps,
+        step_time_s=timed.seconds / steps,
         data_time_s=clock.totals.get("data", 0.0) / steps,
         phases_s={k: v / steps for k, v in clock.totals.items() if k != "data"},
         step_peak_bytes=step_peak.bytes,
         peak_memory_gib=peak_memory_gib(dist.device),
-        flops_per_token=flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
-        peak_flops=peak_flops(dist.device, compute_dtype(cfg)) * dist.world_size,
+        flops_per_token=flops_tok,
+        peak_flops=peak,
         world_size=dist.world_size,
         memory=strategy.memory_report(),
         losses=losses,

@@ -16,8 +16,6 @@ from llmtrain.strategy import strategy_class
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_DIR = "tokenizer"
-
 
 def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = False) -> Path:
     """Consolidate the checkpoint's (possibly sharded) weights into `out_dir`; returns `out_dir`.
@@ -27,11 +25,11 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
     base weights (a plain HF model), or with `adapter_only` as a peft adapter folder.
     """
     ckpt = layout.resolve_checkpoint(Path(checkpoint_or_run_dir))
-    state = layout.read_trainer_state(ckpt)
-    weights = strategy_class(state["strategy"]).consolidate(ckpt / "model")
-    config = AutoConfig.from_pretrained(ckpt / "hf_config")
+    meta = layout.read_meta(ckpt)
+    weights = strategy_class(meta.strategy).consolidate(ckpt / layout.MODEL_DIR)
+    config = AutoConfig.from_pretrained(ckpt / layout.HF_CONFIG_DIR)
     if is_lora_state(weights):
-        model_cfg = from_yaml(ckpt / "config.yaml").model
+        model_cfg = from_yaml(ckpt / layout.CONFIG).model
         lora = model_cfg.lora
         if adapter_only:
             if model_cfg.pretrained is None:
@@ -41,7 +39,7 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
             adapter.peft_config["default"].base_model_name_or_path = model_cfg.pretrained
             adapter.save_pretrained(out_dir)
             _copy_tokenizer(ckpt, out_dir)
-            log.info("exported the LoRA adapter of %s (step %d) to %s", ckpt, state["step"], out_dir)
+            log.info("exported the LoRA adapter of %s (step %d) to %s", ckpt, meta.step, out_dir)
             return out_dir
         weights = merged_state_dict(config, weights, lora)
     elif adapter_only:
@@ -62,7 +60,7 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     _copy_tokenizer(ckpt, out_dir)
-    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
+    log.info("exported %s (step %d) to %s", ckpt, meta.step, out_dir)
     return out_dir
 
 
@@ -76,7 +74,7 @@ def _fill_tied_embedding(weights: dict[str, torch.Tensor]) -> None:
 
 
 def _copy_tokenizer(ckpt: Path, out_dir: Path) -> None:
-    tokenizer = ckpt.parent.parent / TOKENIZER_DIR
+    tokenizer = ckpt.parent.parent / layout.TOKENIZER_DIR
     if tokenizer.is_dir():
         for f in tokenizer.iterdir():
             shutil.copy2(f, out_dir / f.name)

@@ -1,8 +1,8 @@
-"""Save and restore a whole training state: strategy state, trainer counters, config, RNG."""
+"""Save and restore a whole training state: strategy state, trainer counters, config, RNG; and
+which checkpoint a starting run resumes from."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from llmtrain.checkpoint import layout
-from llmtrain.config import TrainConfig, to_yaml
-from llmtrain.dist import barrier, is_main_process
+from llmtrain.checkpoint.compat import check_resume_compatible
+from llmtrain.config import TrainConfig, from_yaml, to_yaml
+from llmtrain.dist import barrier, broadcast_object, is_main_process
 from llmtrain.strategy.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
+    """The checkpoint a run starting in `run_dir` continues from (rank 0 decides, every rank gets
+    the same answer), after checking the config does not change what it means; None: a fresh start."""
+    ckpt = layout.latest_checkpoint(run_dir) if is_main_process() else None
+    ckpt = broadcast_object(str(ckpt) if ckpt else None)
+    if ckpt is None:
+        return None
+    check_resume_compatible(from_yaml(Path(ckpt) / layout.CONFIG), cfg, str(run_dir))
+    return Path(ckpt)
+
+
 def save_checkpoint(
     run_dir: Path, strategy: Strategy, trainer_state: dict[str, Any], cfg: TrainConfig
 ) -> Path:
@@ -56,20 +68,19 @@ def save_checkpoint(
     tmp = layout.temp_dir_for(run_dir, step)
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "rng").mkdir(parents=True)
+        (tmp / layout.RNG_DIR).mkdir(parents=True)
     barrier()
-    strategy.save(tmp / "model")
-    rank = strategy.dist.rank
-    torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    strategy.save(tmp / layout.MODEL_DIR)
+    torch.save(rng_state(), layout.rng_file(tmp, strategy.dist.rank))
     barrier()
     _fault_after_shards(step)
     final = layout.checkpoints_dir(run_dir) / layout.step_dir_name(step)
     if is_main_process():
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        strategy.hf_model.config.save_pretrained(tmp / "hf_config")
-        state = dict(trainer_state, strategy=strategy.name, world_size=strategy.dist.world_size)
+        (tmp / layout.CONFIG).write_text(to_yaml(cfg))
+        strategy.hf_model.config.save_pretrained(tmp / layout.HF_CONFIG_DIR)
+        meta = layout.CheckpointMeta(strategy.name, strategy.dist.world_size, trainer_state)
         # Written last: its presence is what marks the folder complete.
-        layout.write_atomic(tmp / layout.TRAINER_STATE, json.dumps(state, indent=2) + "\n")
+        layout.write_atomic(tmp / layout.TRAINER_STATE, meta.to_json() + "\n")
         final = layout.commit(run_dir, step)
         layout.prune(run_dir, cfg.trainer.keep_last)
     barrier()
@@ -78,21 +89,29 @@ def save_checkpoint(
 
 def load_checkpoint(ckpt: Path, strategy: Strategy) -> dict[str, Any]:
     """Restore strategy state and this rank's RNG; return the trainer state."""
-    state = layout.read_trainer_state(ckpt)
-    if state["strategy"] != strategy.name:
+    meta = layout.read_meta(ckpt)
+    export_recipe = (
+        f"export the weights with `python launch/export_hf.py {ckpt} OUT` and start a new run "
+        "(new run.dir) from model.pretrained=OUT (optimizer state restarts)"
+    )
+    if meta.strategy != strategy.name:
         raise RuntimeError(
-            f"{ckpt} was written by strategy {state['strategy']!r} but this run uses {strategy.name!r}; "
-            f"export it with `python launch/export_hf.py {ckpt} OUT` and start from model.pretrained=OUT"
+            f"{ckpt} was written by strategy {meta.strategy!r} but this run uses {strategy.name!r}; "
+            + export_recipe
         )
-    strategy.load(ckpt / "model")
-    rank, world = strategy.dist.rank, strategy.dist.world_size
-    rng_file = ckpt / "rng" / f"rank_{rank:05d}.pt"
-    if state["world_size"] != world:
+    world = strategy.dist.world_size
+    if meta.world_size != world and not strategy.reshards:
+        raise RuntimeError(
+            f"{ckpt} was written by {meta.world_size} {strategy.name} ranks, this run has {world}: "
+            f"{strategy.name} cannot reshard its checkpoint here. Resume on {meta.world_size} ranks, or "
+            + export_recipe
+        )
+    strategy.load(ckpt / layout.MODEL_DIR)
+    rng_file = layout.rng_file(ckpt, strategy.dist.rank)
+    if meta.world_size != world:
         log.warning(
-            "checkpoint was written by %d ranks, resuming on %d: RNG streams restart",
-            state["world_size"],
-            world,
+            "checkpoint was written by %d ranks, resuming on %d: RNG streams restart", meta.world_size, world
         )
     elif rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return state
+    return meta.trainer

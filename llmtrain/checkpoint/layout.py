@@ -1,13 +1,17 @@
-"""Where checkpoint files live, and how a step folder is committed atomically.
+"""Where run-directory and checkpoint files live, and how a step folder is committed atomically.
 
-run_dir/checkpoints/
-    step_000100/            one folder per saved step, complete or absent
-        trainer_state.json  step and token counters, data position, strategy, world size
-        config.yaml         the resolved config that wrote it
-        hf_config/          the model's Hugging Face config.json (for export)
-        model/              the strategy's own (possibly sharded) model + optimizer state
-        rng/rank_00000.pt   per-rank RNG states
-    latest                  text file naming the newest complete step folder
+run_dir/
+    config.yaml             the resolved config of the latest start
+    tokenizer/              the tokenizer, Hugging Face format (copied into every export)
+    checkpoints/
+        step_000100/            one folder per saved step, complete or absent
+            trainer_state.json  step and token counters, data position, strategy, world size
+            config.yaml         the resolved config that wrote it
+            hf_config/          the model's Hugging Face config.json (for export)
+            model/              the strategy's own (possibly sharded) model + optimizer state
+            rng/rank_00000.pt   per-rank RNG states
+        latest                  text file naming the newest complete step folder
+(`metrics.jsonl`, `train.log` and the other tracking files are named in llmtrain.tracking.)
 
 A step is written into `.tmp-step_NNNNNN`, renamed when every rank has finished, and only then is
 `latest` replaced (write + fsync + rename). A crash at any point leaves the previous checkpoint as
@@ -20,13 +24,46 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# In the run directory.
+RUN_CONFIG = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# In a step folder.
 TRAINER_STATE = "trainer_state.json"
+CONFIG = "config.yaml"
+HF_CONFIG_DIR = "hf_config"
+MODEL_DIR = "model"
+RNG_DIR = "rng"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class CheckpointMeta:
+    """`trainer_state.json`: which strategy on how many ranks wrote the folder, and the trainer's
+    own state (`TrainState`, opaque here). Stored flat, trainer keys beside the two written here."""
+
+    strategy: str
+    world_size: int
+    trainer: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer["step"])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {**self.trainer, "strategy": self.strategy, "world_size": self.world_size}, indent=2
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        trainer = {k: v for k, v in d.items() if k not in ("strategy", "world_size")}
+        return cls(strategy=d["strategy"], world_size=d["world_size"], trainer=trainer)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -97,7 +134,16 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """`trainer_state.json` as written (the flat dict)."""
     return json.loads((ckpt / TRAINER_STATE).read_text())
+
+
+def read_meta(ckpt: Path) -> CheckpointMeta:
+    return CheckpointMeta.from_dict(read_trainer_state(ckpt))
+
+
+def rng_file(ckpt_or_tmp: Path, rank: int) -> Path:
+    return ckpt_or_tmp / RNG_DIR / f"rank_{rank:05d}.pt"
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -10,10 +10,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from llmtrain.config import ConfigError, ModelConfig
+from llmtrain.model.precision import DTYPES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_attn_implementation(requested: str, device: torch.device) -> str:

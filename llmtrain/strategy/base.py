@@ -8,7 +8,6 @@ methods. Implementations: `single` (one process, or DDP), `deepspeed` (ZeRO 1-3)
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from transformers import PreTrainedModel
 from llmtrain.config import TrainConfig
 from llmtrain.dist import DistInfo
 from llmtrain.model.loss import CausalLMLoss
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from llmtrain.model.precision import mixed_precision_dtype
 
 
 @dataclass
@@ -34,51 +32,22 @@ class StepResult:
     loss_scale: torch.Tensor | None = None  # fp16 only: the scale this step's backward used
 
 
-def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
-    return bool(optimizer.defaults.get("fused"))
-
-
-def torch_optimizer_step(
-    params,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    grad_clip: float,
-) -> StepResult:
-    """Unscale, clip, step (or skip a non-finite step), zero grads: the plain-torch engines' step.
-
-    The norm covers every shard on every rank (a DTensor norm is reduced first), so all ranks take
-    the same skip decision. The skip happens on the device where the optimizer can do it: a fused
-    AdamW takes a `found_inf` flag and leaves weights, moments and step count alone when it is set
-    (the mechanism GradScaler uses for fp16, which therefore also skips without a sync). Only the
-    unfused AdamW needs the host to decide, which on CPU costs nothing. The LR schedule advances
-    every step, skipped or not: the LR is a function of the loop's step.
-    """
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a partial norm per rank until reduced
-        grad_norm = grad_norm.full_tensor()
-    skipped = ~torch.isfinite(grad_norm)
-    # The scale tensor is updated in place by scaler.update(): keep this step's value.
-    scale_before = scaler._get_scale_async().clone() if scaler.is_enabled() else None
-    if scaler.is_enabled():
-        scaler.step(optimizer)
-        scaler.update()
-    elif _is_fused(optimizer):
-        optimizer.found_inf = skipped.float()
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.found_inf
-    elif not skipped.item():
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    return StepResult(grad_norm=grad_norm.detach(), skipped=skipped, loss_scale=scale_before)
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The batch fields the loss module takes (`CausalLMLoss.forward`); the rest (sample indices)
+    stay with the loop."""
+    return {
+        "input_ids": batch["input_ids"],
+        "labels": batch["labels"],
+        "position_ids": batch.get("position_ids"),
+        "document_ids": batch.get("document_ids"),
+    }
 
 
 class Strategy(ABC):
     name: str = "base"
+    # Whether `load` can restore a checkpoint written by another number of ranks. Checked by
+    # llmtrain.checkpoint before loading, with the conversion recipe when it cannot.
+    reshards: bool = False
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         self.cfg = cfg
@@ -100,20 +69,30 @@ class Strategy(ABC):
         assert self.module is not None, "call setup() first"
         return self.module.model
 
+    @property
+    @abstractmethod
+    def wrapped(self) -> torch.nn.Module:
+        """The module forward and train/eval go through (the engine's wrapper, or the loss module)."""
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AUTOCAST_DTYPES.get(self.cfg.trainer.precision)
+        """Autocast to `trainer.precision`; engines that cast the weights themselves return a no-op."""
+        dtype = mixed_precision_dtype(self.cfg.trainer.precision)
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
 
-    @abstractmethod
-    def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
-        """Wrap the model, build the optimizer and the LR schedule (multiplier of optim.lr per step)."""
-
-    @abstractmethod
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed token loss of one micro-batch (fp32 scalar); the logits when `batch["labels"]` is
         None (generation, which must go through the same wrapped module as training)."""
+        with self.autocast():
+            return self.wrapped(**model_inputs(batch))
+
+    def train(self, mode: bool = True) -> None:
+        self.wrapped.train(mode)
+
+    @abstractmethod
+    def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
+        """Wrap the model, build the optimizer and the LR schedule (multiplier of optim.lr per step)."""
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
@@ -133,9 +112,6 @@ class Strategy(ABC):
 
     @abstractmethod
     def lr(self) -> float: ...
-
-    @abstractmethod
-    def train(self, mode: bool = True) -> None: ...
 
     @abstractmethod
     def save(self, path: Path) -> None:

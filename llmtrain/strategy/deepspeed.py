@@ -16,6 +16,7 @@ The engine has opinions that differ from the loop's contract; each is mapped her
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -34,14 +35,13 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from llmtrain.checkpoint import layout
 from llmtrain.config import ConfigError, TrainConfig
-from llmtrain.dist import DistInfo, is_distributed
+from llmtrain.dist import DistInfo, ensure_process_group
 from llmtrain.metrics.memory import tensor_bytes
 from llmtrain.model.loss import CausalLMLoss
+from llmtrain.optim import build_optimizer, param_groups
 from llmtrain.strategy.base import StepResult, Strategy
 from llmtrain.strategy.build_lock import clear_stale_deepspeed_build_locks
-from llmtrain.train.optim import build_optimizer, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -103,26 +103,13 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dic
     return deep_merge(generated, strat.config)
 
 
-def _ensure_process_group(timeout_s: int) -> None:
-    """DeepSpeed needs a process group even alone; reuse the job's, or make a 1-rank one.
+def _join_deepspeed(device: torch.device, timeout_s: int) -> None:
+    """Hand DeepSpeed the job's process group (a 1-rank one when alone: `ensure_process_group`).
 
-    With torch.distributed already initialised (by `llmtrain.dist.init_distributed`, gloo on CPU,
-    with `dist.timeout_s`), `deepspeed.init_distributed` only wraps the existing group, so our
-    bounded timeout is the one every ZeRO collective runs under. A lone process (`python
-    launch/train.py strategy=zero2`) has no group: an in-memory 1-rank one avoids DeepSpeed's
-    MPI discovery and needs no free port.
+    With torch.distributed already initialised, `deepspeed.init_distributed` only wraps the existing
+    group, so our bounded timeout (`dist.timeout_s`) is the one every ZeRO collective runs under.
     """
-    if not is_distributed():
-        # The engine insists on these variables, which a launcher would have set.
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-            os.environ.setdefault(key, value)
-        tdist.init_process_group(
-            "gloo",
-            store=tdist.HashStore(),
-            rank=0,
-            world_size=1,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+    ensure_process_group(device, timeout_s)
     deepspeed.init_distributed(
         dist_backend=tdist.get_backend(), timeout=datetime.timedelta(seconds=timeout_s)
     )
@@ -158,6 +145,11 @@ def _unlink_shm_allreduce_buffer() -> None:
 class DeepSpeedStrategy(Strategy):
     """ZeRO stage from `strategy.name` (zero1, zero2, zero3, zero3_offload)."""
 
+    # ZeRO partitions are cut per rank; DeepSpeed's universal-checkpoint conversion covers only some
+    # layouts, so a checkpoint resumes on the world size that wrote it (llmtrain.checkpoint says how
+    # to carry the weights elsewhere).
+    reshards = False
+
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         super().__init__(cfg, dist)
         self.name = cfg.strategy.name
@@ -177,7 +169,7 @@ class DeepSpeedStrategy(Strategy):
         # The ops DeepSpeed JIT-loads next: shared-memory collectives (CPU accelerator), CPU Adam.
         ops = ["ShareMemCommBuilder"] + (["CPUAdamBuilder"] if offload else [])
         clear_stale_deepspeed_build_locks(ops, self.dist.local_rank)
-        _ensure_process_group(self.cfg.dist.timeout_s)
+        _join_deepspeed(self.dist.device, self.cfg.dist.timeout_s)
         log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
         self.basic_optimizer = self._build_optimizer(module, offload)
         # A callable, so the LambdaLR is built on the optimizer DeepSpeed actually steps. Owned by the
@@ -210,16 +202,15 @@ class DeepSpeedStrategy(Strategy):
             param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=True
         )
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def wrapped(self) -> torch.nn.Module:
+        return self.engine
+
+    def autocast(self) -> contextlib.AbstractContextManager:
         # No autocast: with bf16/fp16 enabled DeepSpeed holds the module's weights in that dtype
         # (fp32 masters in the optimizer), so the forward already computes in it; the loss is fp32
         # (CausalLMLoss upcasts the logits). Autocast on top would only add casts.
-        return self.engine(
-            input_ids=batch["input_ids"],
-            labels=batch["labels"],
-            position_ids=batch.get("position_ids"),
-            document_ids=batch.get("document_ids"),
-        )
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
         # DeepSpeed uses the boundary flag during backward to decide when to reduce gradients; if
@@ -264,25 +255,11 @@ class DeepSpeedStrategy(Strategy):
     def lr(self) -> float:
         return self.engine.lr_scheduler.get_last_lr()[0]
 
-    def train(self, mode: bool = True) -> None:
-        self.engine.train(mode)
-
     def save(self, path: Path) -> None:
         # Collective: each rank writes its own optimizer (and, for ZeRO-3, parameter) partition.
         self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False)
 
     def load(self, path: Path) -> None:
-        saved_world = layout.read_trainer_state(path.parent)["world_size"]
-        if saved_world != self.dist.world_size:
-            # ZeRO partitions are cut per rank; DeepSpeed's universal-checkpoint conversion covers
-            # only some layouts. Exporting keeps the weights (not the optimizer state).
-            raise RuntimeError(
-                f"{path.parent} was written by {saved_world} {self.name} ranks, this run has "
-                f"{self.dist.world_size}: DeepSpeed cannot reshard its ZeRO checkpoint here. Export the "
-                f"weights with `python launch/export_hf.py {path.parent} OUT` and start a new run "
-                "(new run.dir) with model.pretrained=OUT (optimizer state restarts), or resume on "
-                f"{saved_world} ranks"
-            )
         load_path, _ = self.engine.load_checkpoint(
             str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )

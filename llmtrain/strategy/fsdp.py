@@ -19,12 +19,12 @@ casts; the loss module already computes cross-entropy in fp32.)
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.distributed as tdist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
@@ -34,16 +34,12 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
-from llmtrain.dist import is_distributed
-from llmtrain.metrics.memory import tensor_bytes
-from llmtrain.model.build import DTYPES
+from llmtrain.dist import data_parallel_mesh, ensure_process_group
 from llmtrain.model.loss import CausalLMLoss
-from llmtrain.strategy.base import AUTOCAST_DTYPES, StepResult, Strategy, torch_optimizer_step
-from llmtrain.train.optim import build_optimizer
+from llmtrain.model.precision import DTYPES, mixed_precision_dtype
+from llmtrain.strategy.torch_engine import TorchEngineStrategy
 
 # DCP keys are "<section>.<name>"; the model section holds Hugging Face parameter names, so
 # stripping "model." from a key gives the name `from_pretrained` expects.
@@ -102,55 +98,38 @@ def _module_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {WRAPPER_PREFIX + k: v for k, v in hf_state.items()}
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
-class FSDPStrategy(Strategy):
+class FSDPStrategy(TorchEngineStrategy):
     name = "fsdp"
+    reshards = True  # DCP reads whatever slices this rank's shards need
 
     def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
-        if not is_distributed():
-            # FSDP2 and DCP need a process group even alone (one process resuming a sharded run,
-            # `python launch/train.py strategy=fsdp`): a one-rank group on an in-memory store.
-            tdist.init_process_group(
-                "nccl" if self.dist.device.type == "cuda" else "gloo",
-                store=tdist.HashStore(),
-                rank=0,
-                world_size=1,
-            )
-        mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
+        # FSDP2 and DCP need a process group even alone.
+        ensure_process_group(self.dist.device, self.cfg.dist.timeout_s)
+        fsdp = self.cfg.strategy.fsdp
         shard_model(
             module,
-            mesh,
-            param_dtype=AUTOCAST_DTYPES.get(self.cfg.trainer.precision),
-            reduce_dtype=DTYPES[self.cfg.strategy.fsdp.reduce_dtype],
-            reshard_after_forward=self.cfg.strategy.fsdp.reshard_after_forward,
-            cpu_offload=self.cfg.strategy.fsdp.cpu_offload,
+            data_parallel_mesh(self.dist.device),
+            param_dtype=mixed_precision_dtype(self.cfg.trainer.precision),
+            reduce_dtype=DTYPES[fsdp.reduce_dtype],
+            reshard_after_forward=fsdp.reshard_after_forward,
+            cpu_offload=fsdp.cpu_offload,
         )
         self.module = module
         # Built on the sharded DTensor parameters: each rank's optimizer states cover its shards only.
-        self.optimizer = build_optimizer(self.cfg.optim, module, self.dist.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
-        # GradScaler handles DTensor gradients: its inf check on a sharded gradient is reduced
-        # (max) over the mesh, so every rank skips the same steps and keeps the same scale.
-        self.scaler = torch.amp.GradScaler(
-            self.dist.device.type, enabled=self.cfg.trainer.precision == "fp16"
-        )
+        self._build_engine(module, lr_lambda)
+
+    @property
+    def wrapped(self) -> torch.nn.Module:
+        return self.fsdp_module
 
     @property
     def fsdp_module(self) -> FSDPModule:
         assert isinstance(self.module, FSDPModule), "call setup() first"
         return self.module
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def autocast(self) -> contextlib.AbstractContextManager:
         # No autocast: the MixedPrecisionPolicy already computes in param_dtype (module docstring).
-        return self.module(
-            input_ids=batch["input_ids"],
-            labels=batch["labels"],
-            position_ids=batch.get("position_ids"),
-            document_ids=batch.get("document_ids"),
-        )
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, is_last_micro: bool) -> None:
         # Until the last micro-batch, gradients accumulate unsharded on each rank and are
@@ -159,17 +138,6 @@ class FSDPStrategy(Strategy):
         # The reduce-scatter averages over ranks; the loop's normalisation wants the sum. (Scaling
         # the loss rather than the reduction keeps FSDP on its default, backend-portable AVG op.)
         self.scaler.scale(loss * self.dp_size).backward()
-
-    def step(self) -> StepResult:
-        return torch_optimizer_step(
-            self.module.parameters(), self.optimizer, self.scheduler, self.scaler, self.cfg.trainer.grad_clip
-        )
-
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def train(self, mode: bool = True) -> None:
-        self.module.train(mode)
 
     def _dcp_state(self) -> dict[str, dict]:
         # Flattened optimizer state ("state.<fqn>.exp_avg") is keyed by parameter name only, so
@@ -184,10 +152,7 @@ class FSDPStrategy(Strategy):
         dcp.save(self._dcp_state(), checkpoint_id=path)
         if self.dist.is_main:
             # Schedule and loss scale are the same on every rank: one small file.
-            torch.save(
-                {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()},
-                path / STATE_FILE,
-            )
+            torch.save(self.schedule_state(), path / STATE_FILE)
 
     def load(self, path: Path) -> None:
         # DCP reads whatever slices this rank's shards need, so the checkpoint may come from any
@@ -201,9 +166,7 @@ class FSDPStrategy(Strategy):
             optim_state_dict=state[OPTIM_SECTION],
             options=StateDictOptions(flatten_optimizer_state_dict=True),
         )
-        extra = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-        self.scheduler.load_state_dict(extra["scheduler"])
-        self.scaler.load_state_dict(extra["scaler"])
+        self.load_schedule_state(torch.load(path / STATE_FILE, map_location="cpu", weights_only=False))
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         # Collective: every rank takes part in the all-gather; only rank 0 keeps the result.
@@ -235,13 +198,3 @@ class FSDPStrategy(Strategy):
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load({MODEL_SECTION: weights}, storage_reader=reader, no_dist=True)
         return weights
-
-    def memory_report(self) -> dict[str, int]:
-        """Bytes of this rank's shards (DTensor local tensors), not of the full tensors."""
-        params = list(self.module.parameters())
-        states = [_local(t) for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-        return {
-            "param_bytes": tensor_bytes(_local(p) for p in params),
-            "grad_bytes": tensor_bytes(_local(p) for p in params if p.requires_grad),
-            "optimizer_bytes": tensor_bytes(states),
-        }

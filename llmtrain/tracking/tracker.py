@@ -25,7 +25,7 @@ log = logging.getLogger("llmtrain")
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
-# Key in `TrainState.extra` (saved in every checkpoint) holding the W&B run id of this run.
+# Key of the W&B run id in a checkpoint's trainer state (`TrainState.wandb_run_id`).
 WANDB_RUN_ID = "wandb_run_id"
 
 
@@ -55,9 +55,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 class Tracker:
     """Console + run-dir files always; W&B too when `logger.name=wandb`.
 
-    `run_state` is the trainer's checkpointed dict (`TrainState.extra`): the W&B run id is created
-    once, stored there, and found there again when the run resumes, so a requeued job continues the
-    same W&B run instead of starting a new one.
+    The W&B run id is created once (`wandb_run_id` None), read back from `self.wandb_run_id` by
+    the trainer and kept in every checkpoint, and passed in again when the run resumes, so a
+    requeued job continues the same W&B run instead of starting a new one.
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class Tracker:
         cfg: TrainConfig,
         run_dir: Path,
         resume_step: int = 0,
-        run_state: dict[str, Any] | None = None,
+        wandb_run_id: str | None = None,
     ) -> None:
         self.enabled = is_main_process()
         self.run_dir = run_dir
@@ -74,6 +74,7 @@ class Tracker:
         self.cfg = cfg
         self.started = time.perf_counter()
         self.wandb = None
+        self.wandb_run_id = wandb_run_id
         if not self.enabled:
             return
         last_logged_step = max((m["step"] for m in _read_jsonl(self.path)), default=-1)
@@ -90,13 +91,12 @@ class Tracker:
         if cfg.logger.name == "wandb":
             from llmtrain.tracking.wandb_run import WandbRun, new_run_id
 
-            state = run_state if run_state is not None else {}
-            resuming = WANDB_RUN_ID in state
-            run_id = state.setdefault(WANDB_RUN_ID, new_run_id())
+            resuming = wandb_run_id is not None
+            self.wandb_run_id = wandb_run_id or new_run_id()
             config = {**to_dict(cfg), "environment": environment}
             # Steps the previous process logged are already in the W&B run only if we continue it.
             seen = last_logged_step if resuming else -1
-            self.wandb = WandbRun(cfg, run_dir, run_id, config, seen)
+            self.wandb = WandbRun(cfg, run_dir, self.wandb_run_id, config, seen)
 
     @staticmethod
     def _truncate_after(path: Path, step: int) -> None:

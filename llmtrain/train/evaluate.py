@@ -1,12 +1,21 @@
-"""Validation loss: the token-weighted mean over every rank's share of the validation windows."""
+"""Evaluation: the validation loss (token-weighted over every rank's share of the validation set)
+and, when prompts are configured, greedy samples; both logged at the step they were taken."""
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 
 from llmtrain.dist import all_reduce_max, all_reduce_sum
 from llmtrain.model.loss import IGNORE_INDEX
 from llmtrain.strategy.base import Strategy
+from llmtrain.tracking.tracker import Tracker
+from llmtrain.train.samples import PromptSampler
+from llmtrain.train.state import TrainState
+
+log = logging.getLogger("llmtrain")
 
 
 def evaluate(strategy: Strategy, val_loader) -> float | None:
@@ -30,3 +39,27 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
             totals[1] += (batch["labels"] != IGNORE_INDEX).sum()
     all_reduce_sum(totals)
     return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+class Evaluator:
+    """One evaluation: samples (if any), then the validation loss; the best loss is kept in the
+    train state, so it survives a resume."""
+
+    def __init__(
+        self, strategy: Strategy, val_loader, tracker: Tracker, sampler: PromptSampler | None
+    ) -> None:
+        self.strategy, self.val_loader, self.tracker, self.sampler = strategy, val_loader, tracker, sampler
+
+    def __call__(self, state: TrainState) -> float | None:
+        if self.sampler is not None:
+            rows = self.sampler(self.strategy)
+            for row in rows:
+                log.info("step %d | sample | %r -> %r", state.step, row["prompt"], row["completion"])
+            self.tracker.log_samples(state.step, rows)
+        val_loss = evaluate(self.strategy, self.val_loader)
+        if val_loss is None:
+            return None
+        if state.best_val_loss is None or val_loss < state.best_val_loss:
+            state.best_val_loss = val_loss
+        self.tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
+        return val_loss

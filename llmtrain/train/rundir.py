@@ -1,13 +1,20 @@
-"""The run directory: fixed once per job, the same on every rank."""
+"""The run directory: fixed once per job, the same on every rank, written by rank 0 alone.
+
+`RunDir` owns the paths of the run-level files (their names live in `llmtrain.checkpoint.layout`)
+and the writes that must happen once per job, so the loop never checks ranks itself.
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
 from pathlib import Path
+from typing import Any
 
-from llmtrain.config import TrainConfig
-from llmtrain.dist import broadcast_object
+from llmtrain.checkpoint import layout
+from llmtrain.config import DataConfig, TrainConfig, to_yaml
+from llmtrain.dist import broadcast_object, is_main_process
+from llmtrain.model.generate import save_chat_settings
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -25,3 +32,30 @@ def resolve_run_dir(cfg: TrainConfig) -> Path:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / cfg.run.name / stamp
     return Path(broadcast_object(str(path.resolve())))
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> RunDir:
+        return cls(resolve_run_dir(cfg))
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / layout.TOKENIZER_DIR
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        """The resolved config of this start (each checkpoint keeps its own copy too)."""
+        if is_main_process():
+            (self.path / layout.RUN_CONFIG).write_text(to_yaml(cfg))
+
+    def save_tokenizer(self, tokenizer: Any, data: DataConfig) -> None:
+        """The tokenizer in HF format; for SFT with the chat settings, so exports (which copy this
+        folder) let `launch/generate.py` format prompts as in training."""
+        if not is_main_process():
+            return
+        tokenizer.save_pretrained(self.tokenizer_dir)
+        if data.kind == "sft":
+            save_chat_settings(self.tokenizer_dir, data.chat_template, data.system_prompt)

@@ -15,8 +15,8 @@ from llmtrain.data.tokenizer import load_tokenizer
 from llmtrain.dist import DistInfo, barrier, is_main_process
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import CausalLMLoss
+from llmtrain.optim.schedule import lr_lambda
 from llmtrain.strategy import Strategy, build_strategy
-from llmtrain.train.schedule import lr_lambda
 
 
 @dataclass

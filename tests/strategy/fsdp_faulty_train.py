@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import llmtrain.metrics.throughput as throughput
 import llmtrain.train.loop as loop
 
 FAULT = os.environ.get("FAULT", "")
@@ -54,6 +55,6 @@ def faulty_train_step(strategy, micro_batches):
 loop.train_step = faulty_train_step
 # MFU's CPU peak is measured once with a 1024x1024 matmul in the training dtype; CPU fp16 matmuls
 # are emulated, so that measurement alone takes ~45 s. MFU is not what these tests look at.
-loop.peak_flops = lambda device, dtype: 1e12
+throughput.peak_flops = lambda device, dtype: 1e12
 sys.argv = [str(TRAIN), *sys.argv[1:]]
 runpy.run_path(str(TRAIN), run_name="__main__")

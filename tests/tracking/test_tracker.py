@@ -80,14 +80,14 @@ def test_resumed_tracker_continues_the_wandb_run_without_relogging_steps_it_alre
     logs 4..7 again. W&B must not receive 4 and 5 twice (a step going backwards in one run)."""
     run_dir = tmp_path / "run"
     cfg = _cfg(run_dir)
-    state: dict = {}
-    first = Tracker(cfg, run_dir, run_state=state)
+    first = Tracker(cfg, run_dir)
     for step in range(1, 6):
         first.log({"step": step, "loss": float(step)})
     first.close()
+    state = {WANDB_RUN_ID: first.wandb_run_id}  # what the trainer keeps in its checkpoint
     assert state[WANDB_RUN_ID]
 
-    second = Tracker(cfg, run_dir, resume_step=3, run_state=dict(state))
+    second = Tracker(cfg, run_dir, resume_step=3, wandb_run_id=state[WANDB_RUN_ID])
     for step in range(4, 8):
         second.log({"step": step, "loss": float(step)})
     second.close()

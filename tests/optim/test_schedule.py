@@ -3,7 +3,7 @@ import math
 import pytest
 
 from llmtrain.config import SchedConfig
-from llmtrain.train.schedule import lr_lambda
+from llmtrain.optim.schedule import lr_lambda
 
 MAX = 100
 
