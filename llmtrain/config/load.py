@@ -7,6 +7,7 @@ run directory is fixed once per job by `llmtrain.train.rundir`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -66,12 +67,31 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
 def load_config(overrides: Sequence[str] = (), config_name: str = "train") -> TrainConfig:
     """Compose, then build the typed dataclasses (running every `__post_init__` check)."""
     raw = compose_config(overrides, config_name)
+    _reject_unknown_keys(raw)
     try:
         cfg = OmegaConf.to_object(raw)
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     assert isinstance(cfg, TrainConfig)
     return cfg
+
+
+def _reject_unknown_keys(raw: DictConfig) -> None:
+    """Fail on keys the schema does not have. Hydra lets `+key=value` (and a config file) add a key
+    to a typed section, and building the dataclasses would then drop it silently; only free-form
+    dict fields (`strategy.deepspeed.config`, `data.fields`) may hold keys of the user's choosing."""
+
+    def walk(node: DictConfig, schema: DictConfig, prefix: str) -> None:
+        for key in node:
+            dotted = f"{prefix}{key}"
+            if key not in schema:
+                raise ConfigError(_unknown_key_message(dotted))
+            child, typed = node._get_node(key), schema._get_node(key)
+            nested = isinstance(child, DictConfig) and isinstance(typed, DictConfig)
+            if nested and dataclasses.is_dataclass(OmegaConf.get_type(typed)):
+                walk(child, typed, dotted + ".")
+
+    walk(raw, OmegaConf.structured(TrainConfig), "")
 
 
 def to_yaml(cfg: TrainConfig) -> str:
@@ -106,11 +126,16 @@ def _explain(exc: BaseException, overrides: Sequence[str]) -> str:
         return f"invalid config: {text}" + (f" (key: {full_key})" if full_key else "")
     bad = missing.group(1)
     parent = _parent_of(bad, overrides, full_key)
-    siblings = _keys_at(parent)
-    dotted = f"{parent}.{bad}" if parent else bad
+    return _unknown_key_message(f"{parent}.{bad}" if parent else bad)
+
+
+def _unknown_key_message(dotted: str) -> str:
+    """`dotted` is not in the schema: its new name if it moved, else the nearest keys that exist."""
     new_place = moved_to(dotted)
     if new_place is not None:
         return f"config key '{dotted}' has moved to '{new_place}'; use that name"
+    parent, _, bad = dotted.rpartition(".")
+    siblings = _keys_at(parent)
     hint = difflib.get_close_matches(bad, siblings, n=3)
     msg = f"unknown config key '{dotted}'"
     if hint:

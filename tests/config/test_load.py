@@ -65,3 +65,16 @@ def test_optim_fused_accepts_the_yaml_booleans_hydra_makes_of_true_and_false():
     assert load_config(["optim.fused=false"]).optim.fused == "false"
     with pytest.raises(ConfigError, match="optim.fused"):
         load_config(["optim.fused=sometimes"])
+
+
+def test_a_plus_key_the_schema_lacks_fails_like_a_typo_instead_of_being_dropped():
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'trainer.max_stesp'; did you mean trainer.max_steps"
+    ):
+        load_config(["+trainer.max_stesp=5"])
+
+
+def test_plus_keys_inside_free_form_dicts_are_kept():
+    cfg = load_config(["+strategy.deepspeed.config.steps_per_print=7", "+data.fields.instruction=prompt"])
+    assert cfg.strategy.deepspeed.config == {"steps_per_print": 7}
+    assert cfg.data.fields == {"instruction": "prompt"}
