@@ -25,6 +25,7 @@ from llmtrain.checkpoint.io import load_checkpoint, save_checkpoint
 from llmtrain.cluster.signals import StopRequest
 from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
+from llmtrain.data import save_chat_settings
 from llmtrain.dist import (
     DistInfo,
     all_reduce_max_host,
@@ -38,7 +39,6 @@ from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.peak import peak_flops
 from llmtrain.model.build import DTYPES
 from llmtrain.model.flops import flops_per_token
-from llmtrain.model.generate import save_chat_settings
 from llmtrain.strategy import Strategy
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
@@ -138,8 +138,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
     tokenizer, shards_dir, manifest = data.tokenizer, data.shards_dir, data.manifest
     if is_main_process():
         tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
-        if cfg.data.kind == "sft":  # exports carry it, so launch/generate.py formats prompts alike
-            save_chat_settings(run_dir / TOKENIZER_DIR, cfg.data.chat_template, cfg.data.system_prompt)
+        save_chat_settings(cfg.data, run_dir / TOKENIZER_DIR)  # SFT: so launch/generate.py formats alike
     log.info(
         "data: %s, %s train tokens in %s docs, tokenizer vocab %d",
         shards_dir,

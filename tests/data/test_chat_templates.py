@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtrain.data.chat_templates import NAMED_TEMPLATES, TemplateError, resolve_chat_template
 from llmtrain.data.collate import collate
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message, to_conversation
-from llmtrain.data.sft import tokenize_conversation
-from llmtrain.data.sft_dataset import example_tensors
-from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.data.sft.chat_templates import NAMED_TEMPLATES, TemplateError, resolve_chat_template
+from llmtrain.data.sft.dataset import example_tensors
+from llmtrain.data.sft.formats import Conversation, Message, to_conversation
+from llmtrain.data.sft.tokenize import tokenize_conversation
+from llmtrain.data.tokenizer.load import load_tokenizer
 
 IGNORE = -100
 

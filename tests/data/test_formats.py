@@ -10,8 +10,8 @@ import pytest
 
 from llmtrain.config import ConfigError, DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Message, detect_format, to_conversation
-from llmtrain.data.records import iter_records
+from llmtrain.data.sft.formats import Message, detect_format, to_conversation
+from llmtrain.data.sft.records import iter_records
 
 
 def roles(conv) -> list[str]:

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from llmtrain.config import DataConfig, ModelConfig
+from llmtrain.data import ensure_prepared
 from llmtrain.data.collate import collate
 from llmtrain.data.loader import build_train_loader
-from llmtrain.data.packing import one_per_row, pack_examples, packing_efficiency
-from llmtrain.data.prepare import ensure_shards
-from llmtrain.data.sft_dataset import SFTExamples, SFTRows, example_tensors
+from llmtrain.data.sft.dataset import SFTExamples, SFTRows, example_tensors
+from llmtrain.data.sft.packing import one_per_row, pack_examples, packing_efficiency
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
 
@@ -51,7 +51,7 @@ def test_alpaca_demo_packs_densely(tmp_path: Path, shared_data: Path):
         document_masking=True,
         cache_dir=str(tmp_path),
     )
-    examples = SFTExamples(ensure_shards(cfg), "train")
+    examples = SFTExamples(ensure_prepared(cfg), "train")
     inputs = examples.lengths - 1
     rows = pack_examples(inputs, 512, seed=0)
     assert packing_efficiency(rows, inputs, 512) > 0.95
@@ -137,7 +137,7 @@ def test_sft_loader_resumes_at_a_step_and_pads_unpacked_batches(tmp_path: Path):
     for packing in (True, False):
         cfg = DataConfig(**common, seq_len=96, packing=packing, document_masking=packing, val_fraction=0.0,
                          cache_dir=str(tmp_path / "cache"), loader_workers=0)  # fmt: skip
-        folder = ensure_shards(cfg)
+        folder = ensure_prepared(cfg)
 
         straight = first_batches(cfg, folder, start_step=0, n=6)
         resumed = first_batches(cfg, folder, start_step=1, n=4)  # step 1 starts at micro-batch 2

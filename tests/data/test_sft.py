@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from llmtrain.config import DataConfig
-from llmtrain.data import sft_prepare
-from llmtrain.data.chat_templates import resolve_chat_template
+from llmtrain.data import check_manifest, ensure_prepared
+from llmtrain.data.cache import MANIFEST
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message
-from llmtrain.data.prepare import check_manifest, ensure_shards
-from llmtrain.data.sft import tokenize_conversation
-from llmtrain.data.sft_dataset import SFTExamples
-from llmtrain.data.shards import MANIFEST
-from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.data.sft import prepare as sft_prepare
+from llmtrain.data.sft.chat_templates import resolve_chat_template
+from llmtrain.data.sft.dataset import SFTExamples
+from llmtrain.data.sft.formats import Conversation, Message
+from llmtrain.data.sft.tokenize import tokenize_conversation
+from llmtrain.data.tokenizer.load import load_tokenizer
 
 
 def two_rounds() -> Conversation:
@@ -91,7 +91,7 @@ def test_malformed_examples_are_skipped_and_counted_in_the_manifest(tmp_path: Pa
         tmp_path / "d.jsonl",
         [GOOD, *BAD, GOOD, {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "x" * 300}]}],
     )
-    folder = ensure_shards(sft_cfg(tmp_path, data))
+    folder = ensure_prepared(sft_cfg(tmp_path, data))
     audit = json.loads((folder / MANIFEST).read_text())["audit"]
     assert audit["examples_read"] == 7
     assert audit["kept"] == 2 and audit["skipped_malformed"] == 4 and audit["dropped_no_trainable_left"] == 1
@@ -102,13 +102,13 @@ def test_malformed_examples_are_skipped_and_counted_in_the_manifest(tmp_path: Pa
 def test_on_bad_example_error_stops_at_the_first_with_its_location(tmp_path: Path):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD, BAD[1]])
     with pytest.raises(DataError, match=r"d.jsonl example 1 \(line 2\): turn 0 has role 'assistant'"):
-        ensure_shards(sft_cfg(tmp_path, data, on_bad_example="error"))
+        ensure_prepared(sft_cfg(tmp_path, data, on_bad_example="error"))
 
 
 def test_no_usable_example_is_a_hard_error(tmp_path: Path):
     data = write_jsonl(tmp_path / "d.jsonl", BAD)
     with pytest.raises(DataError, match="no usable example out of 4"):
-        ensure_shards(sft_cfg(tmp_path, data))
+        ensure_prepared(sft_cfg(tmp_path, data))
 
 
 def test_a_template_without_an_end_token_is_a_hard_error(tmp_path: Path, monkeypatch):
@@ -117,20 +117,20 @@ def test_a_template_without_an_end_token_is_a_hard_error(tmp_path: Path, monkeyp
     monkeypatch.setattr(sft_prepare, "load_tokenizer", lambda spec: tok)
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     with pytest.raises(DataError, match="end-of-turn token .* is never a label"):
-        ensure_shards(sft_cfg(tmp_path, data, chat_template="tokenizer"))
+        ensure_prepared(sft_cfg(tmp_path, data, chat_template="tokenizer"))
 
 
 def test_prepared_examples_are_cached_and_reused(tmp_path: Path, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD] * 5)
     cfg = sft_cfg(tmp_path, data)
-    first = ensure_shards(cfg)
+    first = ensure_prepared(cfg)
     check_manifest(first, load_tokenizer("byte"))
 
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenized a cached set")
 
     monkeypatch.setattr(sft_prepare, "prepare_sft", fail)
-    assert ensure_shards(cfg) == first
+    assert ensure_prepared(cfg) == first
     monkeypatch.undo()
     # Anything that changes ids or masks is a new cache entry: template, seq_len, train_on_prompt, data.
     for changed in (
@@ -138,9 +138,9 @@ def test_prepared_examples_are_cached_and_reused(tmp_path: Path, monkeypatch):
         sft_cfg(tmp_path, data, seq_len=64),
         sft_cfg(tmp_path, data, train_on_prompt=True),
     ):
-        assert ensure_shards(changed) != first
+        assert ensure_prepared(changed) != first
     write_jsonl(data, [GOOD] * 6)
-    assert ensure_shards(cfg) != first
+    assert ensure_prepared(cfg) != first
 
 
 def test_alpaca_demo_accounts_for_every_example(tmp_path: Path, shared_data: Path):
@@ -151,7 +151,7 @@ def test_alpaca_demo_accounts_for_every_example(tmp_path: Path, shared_data: Pat
         seq_len=256,
         val_fraction=0.05,
     )
-    folder = ensure_shards(cfg)
+    folder = ensure_prepared(cfg)
     manifest = json.loads((folder / MANIFEST).read_text())
     audit = manifest["audit"]
     assert audit["examples_read"] == 999

@@ -12,7 +12,8 @@ import pytest
 from launcher import launch, read_metrics
 
 from llmtrain.checkpoint.export import export_hf
-from llmtrain.model.generate import CHAT_SETTINGS_FILE, run_generate
+from llmtrain.data.sft.chat_templates import CHAT_SETTINGS_FILE
+from llmtrain.generate import run_generate
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from llmtrain.data.chat_templates import ChatTemplate, Segment, TemplateError
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation
+from llmtrain.data.sft.chat_templates import ChatTemplate, Segment, TemplateError
+from llmtrain.data.sft.formats import Conversation
 
 _REASONS_KEPT = 5
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message
+from llmtrain.data.sft.formats import Conversation, Message
 
 # A piece of a rendered conversation: text to tokenize, or a token id.
 Piece = str | int
@@ -119,6 +120,21 @@ class ChatTemplate:
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         ids = [i for i in (self.end_token_id, tokenizer.eos_token_id) if i is not None]
         return list(dict.fromkeys(ids))
+
+
+# Written next to a run's tokenizer (and so copied into every export): which template and system
+# prompt the model was fine-tuned with, so `launch/generate.py` formats prompts the same way.
+CHAT_SETTINGS_FILE = "llmtrain_chat.json"
+
+
+def save_chat_settings(folder: Path, chat_template: str, system_prompt: str | None) -> None:
+    payload = {"chat_template": chat_template, "system_prompt": system_prompt}
+    (Path(folder) / CHAT_SETTINGS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load_chat_settings(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / CHAT_SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def resolve_chat_template(name: str, tokenizer: Any, system_prompt: str | None = None) -> ChatTemplate:

@@ -1,7 +1,7 @@
 """Raw SFT rows (one JSON object per example) from json / jsonl / parquet files or `hf:NAME`.
 
 Unlike pretraining documents, an SFT example is a whole structured row, so rows are returned as
-dicts for `llmtrain.data.formats` to interpret. Text that is not valid UTF-8 does not stop the read:
+dicts for `llmtrain.data.sft.formats` to interpret. Text that is not valid UTF-8 does not stop the read:
 bytes are decoded with `surrogateescape`, and `formats` reports the example and field that hold
 them, so one bad row is skipped (or reported) like any other malformed example.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from llmtrain.config import DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import HF_PREFIX, file_sha256, resolve_files
+from llmtrain.data.pretrain.sources import HF_PREFIX, file_sha256, resolve_files
 
 RECORD_SUFFIXES = (".json", ".jsonl", ".parquet")
 

@@ -33,15 +33,22 @@ from typing import Any
 import numpy as np
 
 from llmtrain.config import DataConfig
-from llmtrain.data.chat_templates import ChatTemplate, NamedTemplate, TemplateError, resolve_chat_template
+from llmtrain.data.cache import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    is_val_document,
+    publish,
+    read_manifest,
+    shard_dtype,
+)
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, detect_format, to_conversation
-from llmtrain.data.prepare import SPLITS, is_val_document, publish, shard_dtype
-from llmtrain.data.records import Record, iter_records, source_fingerprint
-from llmtrain.data.sft import SFTAudit, tokenize_conversation
-from llmtrain.data.shards import FORMAT_VERSION, MANIFEST
-from llmtrain.data.synthetic_sft import GENERATOR_VERSION, generate_conversations
-from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
+from llmtrain.data.sft.chat_templates import ChatTemplate, NamedTemplate, TemplateError, resolve_chat_template
+from llmtrain.data.sft.formats import Conversation, detect_format, to_conversation
+from llmtrain.data.sft.records import Record, iter_records, source_fingerprint
+from llmtrain.data.sft.synthetic import GENERATOR_VERSION, generate_conversations
+from llmtrain.data.sft.tokenize import SFTAudit, tokenize_conversation
+from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
@@ -109,6 +116,11 @@ def ensure_sft_cache(cfg: DataConfig) -> Path:
         return out
     log.info("preparing sft data=%s into %s", cfg.name, out)
     return prepare_sft(cfg, out)
+
+
+def describe_examples(folder: Path) -> str:
+    """What a prepared SFT folder holds: its audit summary."""
+    return f"sft examples: {folder}\n  {read_manifest(folder)['audit']['summary']}"
 
 
 def iter_conversations(cfg: DataConfig, audit: SFTAudit) -> Iterator[tuple[int, str, Conversation]]:

@@ -127,7 +127,7 @@ def _name(canonical: str, fields: Mapping[str, str]) -> str:
 
 
 def _text(value: Any, where: str, field: str, required: bool = True) -> str:
-    """A string field, checked for bytes that were not UTF-8 (see llmtrain.data.records)."""
+    """A string field, checked for bytes that were not UTF-8 (see llmtrain.data.sft.records)."""
     if value is None and not required:
         return ""
     if not isinstance(value, str):
