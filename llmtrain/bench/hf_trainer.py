@@ -2,7 +2,7 @@
 
 Pretraining: the same windows. SFT: the same tokenized examples (same loss mask), batched the way a
 Trainer user does it, one example per row padded to the longest in the batch
-(`DataCollatorForSeq2Seq`); our side packs them (or not) as `data.packing` says.
+(`DataCollatorForSeq2Seq`); our side packs them (or not) as `data.sft.packing` says.
 """
 
 from __future__ import annotations

@@ -86,4 +86,4 @@ def save_chat_settings(cfg: DataConfig, folder: Path) -> None:
     """For SFT, record the chat template and system prompt beside the run's tokenizer (exports carry
     it, so `launch/generate.py` formats prompts as training did); nothing for pretraining."""
     if cfg.kind == "sft":
-        _save_chat_settings(folder, cfg.chat_template, cfg.system_prompt)
+        _save_chat_settings(folder, cfg.sft.chat_template, cfg.sft.system_prompt)

@@ -176,7 +176,7 @@ def test_template_needing_a_system_message_the_data_lacks_says_how_to_fix_it():
         + CHATML_JINJA
     )
     conv = Conversation((Message("user", "hi"), Message("assistant", "hello")))
-    with pytest.raises(DataError, match="a system message is required.*data.system_prompt"):
+    with pytest.raises(DataError, match="a system message is required.*data.sft.system_prompt"):
         resolve_chat_template("tokenizer", tok).encode(conv, "train.json example 3")
     fixed = resolve_chat_template("tokenizer", tok, system_prompt="You help.")
     assert tok.decode(labelled_ids(conv, fixed), skip_special_tokens=False) == "hello</s>"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmtrain.config import DataConfig, ModelConfig
+from llmtrain.config import DataConfig, ModelConfig, SFTConfig
 from llmtrain.data import ensure_prepared
 from llmtrain.data.collate import collate
 from llmtrain.data.loader import build_train_loader
@@ -42,12 +42,10 @@ def test_alpaca_demo_packs_densely(tmp_path: Path, shared_data: Path):
     cfg = DataConfig(
         name="alpaca",
         kind="sft",
-        format="alpaca",
         path=str(shared_data / "alpaca_en_demo.json"),
         tokenizer=str(shared_data / "llama2_tokenizer.model"),
-        chat_template="chatml",
+        sft=SFTConfig(format="alpaca", chat_template="chatml", packing=True),
         seq_len=512,
-        packing=True,
         document_masking=True,
         cache_dir=str(tmp_path),
     )
@@ -131,11 +129,10 @@ def test_sft_loader_resumes_at_a_step_and_pads_unpacked_batches(tmp_path: Path):
         for i in range(64)
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = dict(
-        name="t", kind="sft", format="messages", path=str(data), tokenizer="byte", chat_template="chatml"
-    )
+    common = dict(name="t", kind="sft", path=str(data), tokenizer="byte")
     for packing in (True, False):
-        cfg = DataConfig(**common, seq_len=96, packing=packing, document_masking=packing, val_fraction=0.0,
+        sft = SFTConfig(format="messages", chat_template="chatml", packing=packing)
+        cfg = DataConfig(**common, sft=sft, seq_len=96, document_masking=packing, val_fraction=0.0,
                          cache_dir=str(tmp_path / "cache"), loader_workers=0)  # fmt: skip
         folder = ensure_prepared(cfg)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmtrain.config import DataConfig
+from llmtrain.config import DataConfig, SFTConfig
 from llmtrain.data import check_manifest, ensure_prepared
 from llmtrain.data.cache import MANIFEST
 from llmtrain.data.errors import DataError
@@ -62,19 +62,19 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def sft_cfg(tmp_path: Path, path: Path, **kw: object) -> DataConfig:
+    sft = {"format": "auto", "chat_template": "chatml"}
+    sft.update({k: kw.pop(k) for k in list(kw) if k in SFTConfig.__dataclass_fields__})
     settings = {
         "name": "t",
         "kind": "sft",
-        "format": "auto",
         "path": str(path),
         "tokenizer": "byte",
-        "chat_template": "chatml",
         "seq_len": 128,
         "val_fraction": 0.0,
         "cache_dir": str(tmp_path / "cache"),
         **kw,
     }
-    return DataConfig(**settings)
+    return DataConfig(**settings, sft=SFTConfig(**sft))
 
 
 GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}

@@ -138,12 +138,12 @@ def load_chat_settings(folder: Path) -> dict[str, Any] | None:
 
 
 def resolve_chat_template(name: str, tokenizer: Any, system_prompt: str | None = None) -> ChatTemplate:
-    """`data.chat_template` for this tokenizer: auto = its own template when it has one, else chatml."""
+    """`data.sft.chat_template` for this tokenizer: auto = its own template when it has one, else chatml."""
     own = getattr(tokenizer, "chat_template", None)
     if name == "tokenizer" or (name == "auto" and own):
         if not own:
             raise DataError(
-                "data.chat_template=tokenizer but the tokenizer has no chat_template; choose one of "
+                "data.sft.chat_template=tokenizer but the tokenizer has no chat_template; choose one of "
                 f"{', '.join(NAMED_TEMPLATES)} (or auto)"
             )
         return TokenizerTemplate(tokenizer, system_prompt)
@@ -161,7 +161,7 @@ class NamedTemplate(ChatTemplate):
     def __init__(self, name: str, tokenizer: Any, system_prompt: str | None = None) -> None:
         if name not in NAMED_TEMPLATES:
             raise DataError(
-                f"data.chat_template={name!r} is unknown; choose one of {', '.join(NAMED_TEMPLATES)}"
+                f"data.sft.chat_template={name!r} is unknown; choose one of {', '.join(NAMED_TEMPLATES)}"
             )
         self.name = name
         self.spec = NAMED_TEMPLATES[name]
@@ -288,7 +288,7 @@ class TokenizerTemplate(ChatTemplate):
         except Exception as exc:  # Jinja raise_exception / TemplateError / KeyError inside the template
             raise DataError(
                 f"{where}: the tokenizer's chat template rejected the conversation ({exc}). If it needs a "
-                "system message the data lacks, set data.system_prompt; or pick data.chat_template="
+                "system message the data lacks, set data.sft.system_prompt; or pick data.sft.chat_template="
                 f"{'|'.join(NAMED_TEMPLATES)}"
             ) from exc
 
@@ -319,7 +319,7 @@ class TokenizerTemplate(ChatTemplate):
                 raise TemplateError(
                     f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
                     "(a longer prefix changes earlier text), so assistant replies cannot be located; set "
-                    f"data.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
+                    f"data.sft.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
                 )
             segments.append(Segment(self._ids(prompt[len(done) :]), False))
             reply = self._ids(full[len(prompt) :])

@@ -100,17 +100,17 @@ class SFTRows(Dataset):
 
 
 def sft_rows(cfg: DataConfig, folder: Path, split: str) -> tuple[SFTRows, Any]:
-    """(dataset of rows, collate function) for one split, packed when `data.packing`."""
+    """(dataset of rows, collate function) for one split, packed when `data.sft.packing`."""
     examples = SFTExamples(folder, split)
     inputs = examples.lengths - 1  # tokens each example occupies in a row
-    rows = pack_examples(inputs, cfg.seq_len, PACKING_SEED) if cfg.packing else one_per_row(len(examples))
+    rows = pack_examples(inputs, cfg.seq_len, PACKING_SEED) if cfg.sft.packing else one_per_row(len(examples))
     if split == "train":
         log.info(
             "sft rows: %d examples in %d rows of up to %d tokens (packing=%s), %.1f%% of row slots hold tokens",
             len(examples),
             len(rows),
             cfg.seq_len,
-            cfg.packing,
+            cfg.sft.packing,
             100 * packing_efficiency(rows, inputs, cfg.seq_len),
         )
     pad_id = json.loads((Path(folder) / MANIFEST).read_text())["tokenizer"]["pad_id"]

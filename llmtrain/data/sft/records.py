@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,9 @@ def record_files(cfg: DataConfig) -> list[Path]:
 
 
 def _resolve(cfg: DataConfig) -> list[tuple[Path, str]]:
-    # resolve_files maps extensions only for format=auto; SFT formats describe rows, not files.
-    from dataclasses import replace
-
-    return resolve_files(replace(cfg, kind="pretrain", format="auto", packing=False))
+    # resolve_files maps extensions only for data.format=auto; SFT formats (data.sft.format)
+    # describe rows, not files.
+    return resolve_files(replace(cfg, format="auto"))
 
 
 def iter_records(cfg: DataConfig) -> Iterator[Record]:

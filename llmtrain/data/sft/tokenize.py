@@ -59,7 +59,7 @@ def tokenize_conversation(
     if not any(s.trainable and s.ids for s in segments):
         raise TemplateError(
             f"{where}: chat template {template.name!r} produced no assistant tokens for a conversation "
-            "with an assistant turn; choose another data.chat_template"
+            "with an assistant turn; choose another data.sft.chat_template"
         )
     total = sum(len(s.ids) for s in segments)
     truncated = False
@@ -141,7 +141,7 @@ class SFTAudit:
             raise DataError(
                 f"data={name}: the end-of-turn token ({end_token!r}, id {end_token_id}) is never a label, so "
                 "the model would never learn to stop replying; the chat template must end assistant turns "
-                "with an end token (choose another data.chat_template)"
+                "with an end token (choose another data.sft.chat_template)"
             )
 
     def summary(self) -> str:
