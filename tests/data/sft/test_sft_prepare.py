@@ -1,5 +1,5 @@
-"""SFT preparation: truncation by whole turns, the pre-flight audit and its hard errors, skipped
-examples counted in the manifest, and the cache that makes a rerun skip tokenization."""
+"""SFT preparation (`llmtrain/data/sft/prepare.py`): the pre-flight audit and its hard errors,
+skipped examples counted in the manifest, and the cache that makes a rerun skip tokenization."""
 
 from __future__ import annotations
 
@@ -14,46 +14,8 @@ from llmtrain.data import check_manifest, ensure_prepared
 from llmtrain.data.cache import MANIFEST
 from llmtrain.data.errors import DataError
 from llmtrain.data.sft import prepare as sft_prepare
-from llmtrain.data.sft.chat_templates import resolve_chat_template
 from llmtrain.data.sft.dataset import SFTExamples
-from llmtrain.data.sft.formats import Conversation, Message
-from llmtrain.data.sft.tokenize import tokenize_conversation
 from llmtrain.data.tokenizer.load import load_tokenizer
-
-
-def two_rounds() -> Conversation:
-    return Conversation(
-        (
-            Message("user", "a" * 20),
-            Message("assistant", "b" * 20),
-            Message("user", "c" * 20),
-            Message("assistant", "d" * 20),
-        )
-    )
-
-
-def test_truncate_turns_keeps_leading_whole_rounds_and_their_end_token():
-    tok = load_tokenizer("byte")
-    template = resolve_chat_template("alpaca", tok, system_prompt="")
-    full, outcome = tokenize_conversation(two_rounds(), template, 10_000, "truncate_turns", False, "t")
-    assert outcome == "kept"
-    cut, outcome = tokenize_conversation(
-        two_rounds(), template, len(full.ids) - 5, "truncate_turns", False, "t"
-    )
-    assert outcome == "truncated" and cut.truncated
-    labels = cut.ids[1:][cut.loss_mask[1:] == 1]
-    assert tok.decode(labels, skip_special_tokens=False) == "b" * 20 + "</s>"
-    assert cut.ids[-1] == tok.eos_token_id  # ends right after the kept reply
-
-
-def test_drop_and_nothing_left_are_reported_outcomes_not_examples():
-    tok = load_tokenizer("byte")
-    template = resolve_chat_template("alpaca", tok, system_prompt="")
-    assert tokenize_conversation(two_rounds(), template, 60, "drop", False, "t") == (None, "too_long")
-    assert tokenize_conversation(two_rounds(), template, 10, "truncate_turns", False, "t") == (
-        None,
-        "no_trainable_left",
-    )
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

@@ -20,7 +20,7 @@ from llmtrain.data.pretrain.prepare import ensure_shards, prepare_shards
 from llmtrain.data.shards import TokenShards
 from llmtrain.data.tokenizer.load import load_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
