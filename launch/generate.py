@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from llmtrain.data.errors import DataError
-from llmtrain.model.generate import run_generate
+from llmtrain.generate import run_generate
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(

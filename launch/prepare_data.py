@@ -8,16 +8,14 @@ python launch/prepare_data.py data=c4_demo
 python launch/prepare_data.py data=tinyshakespeare data.prep_workers=8 --out /shared/shards/shakespeare
 """
 
-import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
 from llmtrain.config import ConfigError, load_config
+from llmtrain.data import describe, ensure_prepared
 from llmtrain.data.errors import DataError
-from llmtrain.data.prepare import ensure_shards, prepare_shards
-from llmtrain.data.shards import read_manifest
 
 
 def _split_out(argv: list[str]) -> tuple[Path | None, list[str]]:
@@ -40,26 +38,10 @@ if __name__ == "__main__":
     out, overrides = _split_out(sys.argv[1:])
     try:
         data = load_config(overrides).data
-        if data.kind == "sft":  # examples + loss masks (llmtrain.data.sft_prepare), not shards
-            if out:
-                data = dataclasses.replace(data, shards_dir=str(out))
-            sft_dir = ensure_shards(data)
-            print(f"sft examples: {sft_dir}\n  {read_manifest(sft_dir)['audit']['summary']}")
-            sys.exit(0)
         started = time.perf_counter()
-        shards_dir = prepare_shards(data, out, workers=data.prep_workers) if out else ensure_shards(data)
+        folder = ensure_prepared(data, out)
         seconds = time.perf_counter() - started
-        manifest = read_manifest(shards_dir)
+        print(describe(data, folder))
     except (ConfigError, DataError) as exc:
         sys.exit(f"error: {exc}")
-    splits = manifest["splits"]
-    tokens = sum(s["num_tokens"] for s in splits.values())
-    print(f"shards: {shards_dir}")
-    for name, split in splits.items():
-        print(
-            f"  {name}: {split['num_docs']:,} docs, {split['num_tokens']:,} tokens, {len(split['shards'])} shards"
-        )
-    print(f"  empty documents skipped: {manifest['empty_docs']['count']:,}")
-    print(
-        f"  prepared at {tokens / max(manifest['prep_seconds'], 1e-9):,.0f} tokens/s; this call took {seconds:.1f}s"
-    )
+    print(f"  this call took {seconds:.1f}s")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.train_tokenizer import MODEL_TYPES, train_sentencepiece
+from llmtrain.data.tokenizer.train import MODEL_TYPES, train_sentencepiece
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,7 +2,7 @@
 
 Pretraining: the same windows. SFT: the same tokenized examples (same loss mask), batched the way a
 Trainer user does it, one example per row padded to the longest in the batch
-(`DataCollatorForSeq2Seq`); our side packs them (or not) as `data.packing` says.
+(`DataCollatorForSeq2Seq`); our side packs them (or not) as `data.sft.packing` says.
 """
 
 from __future__ import annotations
@@ -12,49 +12,18 @@ import tempfile
 import time
 
 import torch
-from torch.utils.data import Dataset
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
 from llmtrain.bench.ours import sync
 from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
-from llmtrain.data.pretrain import IGNORE_INDEX, PretrainWindows
-from llmtrain.data.shards import TokenShards
+from llmtrain.data import hf_trainer_samples
 from llmtrain.dist import DistInfo
 from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
 from llmtrain.metrics.throughput import mfu_peak_flops
 from llmtrain.model.build import build_model
 from llmtrain.model.flops import flops_per_token
 from llmtrain.train.setup import RunData
-
-
-class _Windows(Dataset):
-    """Trainer passes every field to the model; HF shifts `labels` itself, so labels = inputs."""
-
-    def __init__(self, windows: PretrainWindows) -> None:
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = self.windows[i]["input_ids"]
-        return {"input_ids": ids, "labels": ids}
-
-
-class _SFTExamples(Dataset):
-    """Our prepared SFT examples as HF expects them: unshifted labels, -100 off the assistant turns."""
-
-    def __init__(self, examples) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        ids, mask = self.examples[i]
-        labels = [int(t) if m else IGNORE_INDEX for t, m in zip(ids, mask)]
-        return {"input_ids": ids.tolist(), "labels": labels}
 
 
 class _SlotCounter:
@@ -118,19 +87,12 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
     accum = cfg.trainer.grad_accum_for(dist.world_size)
     counter = None
     workers = cfg.data.loader_workers
-    if cfg.data.kind == "sft":
-        from llmtrain.data.sft_dataset import SFTExamples
-
-        dataset = _SFTExamples(SFTExamples(data.shards_dir, "train"))
+    dataset, padded = hf_trainer_samples(cfg.data, data.shards_dir, "train")
+    if padded:
         pad_id = data.manifest["tokenizer"]["pad_id"]
         data.tokenizer.pad_token_id = pad_id
         counter = _SlotCounter(DataCollatorForSeq2Seq(data.tokenizer, padding="longest"))
         workers = 0  # the slot counter must run in this process; padding a batch is cheap
-    else:
-        windows = PretrainWindows(
-            TokenShards(data.shards_dir, "train"), cfg.data.seq_len, document_masking=False
-        )
-        dataset = _Windows(windows)
     clock = _StepClock(warmup, steps, dist.device, counter)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(

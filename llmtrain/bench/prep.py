@@ -34,7 +34,7 @@ from typing import Any
 
 from llmtrain.config import DataConfig, TrainConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import file_sha256, resolve_files
+from llmtrain.data.pretrain.sources import file_sha256, resolve_files
 
 OURS = "llmtrain prepare_shards"
 BASELINE = "datasets.map"
@@ -188,8 +188,8 @@ def _child(send: Any, start_method: str, run: Callable[..., tuple[float, int]], 
 def _prepare_ours(data: DataConfig, out_dir: Path, workers: int) -> tuple[float, int]:
     import transformers  # noqa: F401  imported before the clock starts, as in the baseline
 
-    from llmtrain.data.prepare import prepare_shards
-    from llmtrain.data.shards import read_manifest
+    from llmtrain.data.cache import read_manifest
+    from llmtrain.data.pretrain.prepare import prepare_shards
 
     started = time.perf_counter()
     prepare_shards(data, out_dir, workers=workers, progress=False)
@@ -207,7 +207,7 @@ def _prepare_datasets_map(
     import pyarrow.compute as pc
     import transformers  # noqa: F401
 
-    from llmtrain.data.tokenizer import load_tokenizer
+    from llmtrain.data.tokenizer.load import load_tokenizer
 
     datasets.disable_progress_bars()
     started = time.perf_counter()
@@ -215,7 +215,7 @@ def _prepare_datasets_map(
     eos = tok.eos_token_id
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        # As llmtrain.data.prepare: an EOS after every document, none for one without tokens.
+        # As llmtrain.data.pretrain.prepare: an EOS after every document, none for one without tokens.
         ids = tok(batch[data.text_field], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return {"input_ids": [[*x, eos] if x else [] for x in ids]}
 

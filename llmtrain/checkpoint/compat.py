@@ -22,6 +22,7 @@ RESUME_KEYS = (
     "model.lora",
     "data.path",
     "data.format",
+    "data.sft.format",
     "data.text_field",
     "data.tokenizer",
     "data.seq_len",

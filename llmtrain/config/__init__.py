@@ -1,7 +1,7 @@
 """Typed, validated configuration (no torch imports here)."""
 
 from llmtrain.config.checks import ConfigError
-from llmtrain.config.data import DataConfig
+from llmtrain.config.data import DataConfig, SFTConfig
 from llmtrain.config.load import compose_config, from_yaml, load_config, strip_launcher_args, to_dict, to_yaml
 from llmtrain.config.schema import (
     LoggerConfig,
@@ -27,6 +27,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "SchedConfig",
+    "SFTConfig",
     "StrategyConfig",
     "TrainConfig",
     "TrainerConfig",

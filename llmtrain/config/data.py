@@ -17,6 +17,48 @@ TEXT_SPLITS = ("paragraph", "line", "file")
 
 
 @dataclass
+class SFTConfig:
+    """`data.sft.*`: how SFT rows become conversations, chat-templated ids and loss masks (kind=sft)."""
+
+    # How a row is read into a conversation: alpaca|sharegpt|messages|synthetic|auto (`auto` looks
+    # at the first row's fields).
+    format: str = "synthetic"
+    # auto: the tokenizer's own chat_template when it has one, else chatml. `tokenizer` insists on it.
+    chat_template: str = "auto"
+    # System message added to conversations that have none (some templates require one).
+    system_prompt: str | None = None
+    # Train on every token (prompts too), not only assistant replies.
+    train_on_prompt: bool = False
+    # Conversations longer than seq_len + 1 tokens: drop them, or keep the leading whole turns.
+    truncation: str = "truncate_turns"
+    # Several examples per sequence, attention and positions separated per example.
+    packing: bool = False
+    # Rename fields: canonical name -> the dataset's field, e.g. {instruction: prompt, output: response}.
+    # Canonical names: instruction input output system history conversations messages tools role content.
+    fields: dict[str, str] = field(default_factory=dict)
+    # Extra role names: the dataset's role value -> user|assistant|system|tool|tool_call.
+    role_names: dict[str, str] = field(default_factory=dict)
+    # Use only the first N examples of the source (None: all).
+    max_examples: int | None = None
+    # A malformed example: skip it (counted, first reasons logged, listed in the manifest) or stop.
+    on_bad_example: str = "skip"
+    # Conversations of the generated instruction set (data.sft.format=synthetic).
+    synthetic_examples: int = 3000
+
+    def __post_init__(self) -> None:
+        one_of(self.format, "data.sft.format", SFT_FORMATS)
+        one_of(self.chat_template, "data.sft.chat_template", CHAT_TEMPLATES)
+        one_of(self.truncation, "data.sft.truncation", SFT_TRUNCATIONS)
+        one_of(self.on_bad_example, "data.sft.on_bad_example", BAD_EXAMPLE_POLICIES)
+        if self.max_examples is not None:
+            require(
+                self.max_examples > 0,
+                "data.sft.max_examples",
+                f"must be > 0 or null, got {self.max_examples}",
+            )
+
+
+@dataclass
 class DataConfig:
     """Where training text comes from, how it is tokenized, and how it is cut into samples."""
 
@@ -25,7 +67,7 @@ class DataConfig:
     kind: str = "pretrain"
     # Raw source: a file, a directory, a glob, or `hf:NAME` for a Hugging Face dataset.
     path: str | None = None
-    # pretrain: text|jsonl|parquet|hf|synthetic|auto. sft: alpaca|sharegpt|messages|synthetic|auto.
+    # Pretraining source: text|jsonl|parquet|hf|synthetic|auto (SFT rows: data.sft.format).
     format: str = "synthetic"
     # Field holding the text in jsonl / parquet / Hugging Face rows.
     text_field: str = "text"
@@ -55,45 +97,24 @@ class DataConfig:
     loader_workers: int = 1
     prefetch_factor: int = 4
 
-    # --- SFT (kind=sft) ---
-    # auto: the tokenizer's own chat_template when it has one, else chatml. `tokenizer` insists on it.
-    chat_template: str = "auto"
-    # System message added to conversations that have none (some templates require one).
-    system_prompt: str | None = None
-    # Train on every token (prompts too), not only assistant replies.
-    train_on_prompt: bool = False
-    # Conversations longer than seq_len + 1 tokens: drop them, or keep the leading whole turns.
-    truncation: str = "truncate_turns"
-    # Several examples per sequence, attention and positions separated per example.
-    packing: bool = False
-    # Rename fields: canonical name -> the dataset's field, e.g. {instruction: prompt, output: response}.
-    # Canonical names: instruction input output system history conversations messages tools role content.
-    fields: dict[str, str] = field(default_factory=dict)
-    # Extra role names: the dataset's role value -> user|assistant|system|tool|tool_call.
-    role_names: dict[str, str] = field(default_factory=dict)
-    # Use only the first N examples of the source (None: all).
-    max_examples: int | None = None
-    # A malformed example: skip it (counted, first reasons logged, listed in the manifest) or stop.
-    on_bad_example: str = "skip"
-    # Conversations of the generated instruction set (format=synthetic, kind=sft).
-    synthetic_examples: int = 3000
+    # kind=sft: row format, chat template, loss masking, packing.
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self) -> None:
         one_of(self.kind, "data.kind", DATA_KINDS)
-        one_of(self.format, "data.format", SFT_FORMATS if self.kind == "sft" else DATA_FORMATS)
-        one_of(self.chat_template, "data.chat_template", CHAT_TEMPLATES)
-        one_of(self.truncation, "data.truncation", SFT_TRUNCATIONS)
-        one_of(self.on_bad_example, "data.on_bad_example", BAD_EXAMPLE_POLICIES)
-        if self.max_examples is not None:
-            require(
-                self.max_examples > 0, "data.max_examples", f"must be > 0 or null, got {self.max_examples}"
-            )
-        if self.packing:
-            require(self.kind == "sft", "data.packing", "packs SFT examples; it needs data.kind=sft")
+        require(
+            self.format in DATA_FORMATS or self.format not in SFT_FORMATS,
+            "data.format",
+            f"is the pretraining source format; an SFT row format ({self.format!r}) is set with "
+            f"data.sft.format={self.format}",
+        )
+        one_of(self.format, "data.format", DATA_FORMATS)
+        if self.sft.packing:
+            require(self.kind == "sft", "data.sft.packing", "packs SFT examples; it needs data.kind=sft")
             require(
                 self.document_masking,
                 "data.document_masking",
-                "must be true when data.packing=true, or packed examples would attend to each other",
+                "must be true when data.sft.packing=true, or packed examples would attend to each other",
             )
         one_of(self.text_split, "data.text_split", TEXT_SPLITS)
         require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
@@ -101,7 +122,7 @@ class DataConfig:
             0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
         )
         require(self.shard_tokens > 0, "data.shard_tokens", f"must be > 0, got {self.shard_tokens}")
-        if self.format != "synthetic":
+        if (self.sft.format if self.kind == "sft" else self.format) != "synthetic":
             require(
                 self.path is not None or self.shards_dir is not None,
                 "data.path",

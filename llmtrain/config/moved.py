@@ -19,7 +19,19 @@ MOVED_KEYS: dict[str, str] = {
     "strategy.cpu_offload": "strategy.fsdp.cpu_offload",
     "strategy.reduce_dtype": "strategy.fsdp.reduce_dtype",
     "strategy.timeout_s": "dist.timeout_s",
+    "data.chat_template": "data.sft.chat_template",
+    "data.system_prompt": "data.sft.system_prompt",
+    "data.train_on_prompt": "data.sft.train_on_prompt",
+    "data.truncation": "data.sft.truncation",
+    "data.packing": "data.sft.packing",
+    "data.fields": "data.sft.fields",
+    "data.role_names": "data.sft.role_names",
+    "data.max_examples": "data.sft.max_examples",
+    "data.on_bad_example": "data.sft.on_bad_example",
+    "data.synthetic_examples": "data.sft.synthetic_examples",
 }
+# Not in MOVED_KEYS because it depends on data.kind: for SFT, `data.format` (the row format) is now
+# `data.sft.format`, and `data.format` is only the pretraining source format. See `migrate`.
 
 
 def moved_to(dotted: str) -> str | None:
@@ -46,4 +58,9 @@ def migrate(tree: dict[str, Any]) -> dict[str, Any]:
         for part in new_parents:
             target = target.setdefault(part, {})
         target[new_leaf] = value
+    data = tree.get("data")
+    if isinstance(data, dict) and data.get("kind") == "sft" and "format" in data:
+        sft = data.setdefault("sft", {})
+        if isinstance(sft, dict) and "format" not in sft:  # written before data.sft.format existed
+            sft["format"] = data.pop("format")  # data.format falls back to its default
     return tree

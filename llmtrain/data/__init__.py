@@ -1,1 +1,89 @@
-"""Raw text to training batches: tokenizers, sources, tokenized shards, windows, sampler, loaders."""
+"""Raw text to training batches, by one of two pipelines chosen by `data.kind`.
+
+- `pretrain/`: documents -> tokenized shards -> fixed-length windows cut across documents.
+- `sft/`: rows -> conversations -> chat-templated ids with loss masks -> one or packed examples per row.
+
+They share `tokenizer/`, `cache.py` (manifest, splits, publishing a prepared folder), the sampler,
+collate and the loaders. This module is the one place that asks which pipeline a config uses:
+everything outside `llmtrain.data` calls the functions below and never tests `data.kind` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from llmtrain.config import DataConfig
+from llmtrain.data.cache import check_manifest
+from llmtrain.data.collate import collate
+from llmtrain.data.pretrain.prepare import describe_shards, ensure_shards, prepare_shards
+from llmtrain.data.pretrain.windows import PretrainWindows, UnshiftedWindows
+from llmtrain.data.sft.chat_templates import ChatTemplate
+from llmtrain.data.sft.chat_templates import save_chat_settings as _save_chat_settings
+from llmtrain.data.sft.dataset import SFTExamples, UnshiftedExamples, sft_rows
+from llmtrain.data.sft.prepare import describe_examples, ensure_sft_cache, sft_template
+from llmtrain.data.shards import TokenShards
+
+__all__ = [
+    "chat_template",
+    "check_manifest",
+    "describe",
+    "ensure_prepared",
+    "hf_trainer_samples",
+    "samples",
+    "save_chat_settings",
+]
+
+
+def ensure_prepared(cfg: DataConfig, out: Path | None = None) -> Path:
+    """The prepared folder (shards or SFT examples) for `cfg`, built if missing.
+
+    Without `out`: `data.shards_dir` if set, else the cache entry under `data.cache_dir`. With
+    `out` (`launch/prepare_data.py --out`): pretraining shards are written there (it must not exist
+    yet); SFT examples are built there unless it already holds them.
+    """
+    if cfg.kind == "sft":
+        return ensure_sft_cache(cfg if out is None else dataclasses.replace(cfg, shards_dir=str(out)))
+    if out is not None:
+        return prepare_shards(cfg, out, workers=cfg.prep_workers)
+    return ensure_shards(cfg)
+
+
+def describe(cfg: DataConfig, folder: Path) -> str:
+    """A few lines saying what a prepared folder holds (for `launch/prepare_data.py`)."""
+    return describe_examples(folder) if cfg.kind == "sft" else describe_shards(folder)
+
+
+def samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Dataset, Any]:
+    """(dataset, collate function) of one split: pretraining windows, or SFT rows (packed or not)."""
+    if cfg.kind == "sft":
+        return sft_rows(cfg, folder, split)
+    return PretrainWindows(TokenShards(folder, split), cfg.seq_len, cfg.document_masking), collate
+
+
+def hf_trainer_samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Dataset, bool]:
+    """(dataset in `transformers.Trainer`'s convention, whether its rows differ in length).
+
+    Trainer shifts labels itself, so labels are unshifted. Pretraining: whole windows, labels =
+    inputs, all the same length. SFT: one example per row, -100 off the trained tokens; rows of
+    different lengths need a padding collator.
+    """
+    if cfg.kind == "sft":
+        return UnshiftedExamples(SFTExamples(folder, split)), True
+    windows = PretrainWindows(TokenShards(folder, split), cfg.seq_len, document_masking=False)
+    return UnshiftedWindows(windows), False
+
+
+def chat_template(cfg: DataConfig, tokenizer: Any) -> ChatTemplate | None:
+    """The chat template that training, evaluation samples and generation use; None for pretraining."""
+    return sft_template(cfg, tokenizer) if cfg.kind == "sft" else None
+
+
+def save_chat_settings(cfg: DataConfig, folder: Path) -> None:
+    """For SFT, record the chat template and system prompt beside the run's tokenizer (exports carry
+    it, so `launch/generate.py` formats prompts as training did); nothing for pretraining."""
+    if cfg.kind == "sft":
+        _save_chat_settings(folder, cfg.sft.chat_template, cfg.sft.system_prompt)

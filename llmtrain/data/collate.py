@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from llmtrain.data.pretrain import IGNORE_INDEX
+# The label of a position without loss (PyTorch cross_entropy's default ignore_index). Defined here,
+# not imported from llmtrain.model: data does not depend on the model package.
+IGNORE_INDEX = -100
 
 # What a padded position holds per field besides input_ids: no loss, position 0, no document
 # (document id -1 is how the loop counts real tokens and how attention masks exclude padding).

@@ -1,4 +1,4 @@
-"""DataLoaders for the training loop: shards → windows → this rank's micro-batches."""
+"""DataLoaders for the training loop: prepared samples → this rank's micro-batches."""
 
 from __future__ import annotations
 
@@ -8,19 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmtrain.config import DataConfig
-from llmtrain.data.collate import collate
-from llmtrain.data.pretrain import PretrainWindows
+from llmtrain.data import samples
 from llmtrain.data.sampler import GlobalBatchSampler
-from llmtrain.data.shards import TokenShards
-
-
-def _samples(cfg: DataConfig, shards_dir: Path, split: str):
-    """(dataset, collate function) of one split: pretraining windows or SFT rows (`data.kind`)."""
-    if cfg.kind == "sft":
-        from llmtrain.data.sft_dataset import sft_rows
-
-        return sft_rows(cfg, shards_dir, split)
-    return PretrainWindows(TokenShards(shards_dir, split), cfg.seq_len, cfg.document_masking), collate
 
 
 def build_train_loader(
@@ -37,7 +26,7 @@ def build_train_loader(
 
     Each step is `global_batch_size / (micro_batch_size * dp_size)` consecutive micro-batches.
     """
-    windows, collate_fn = _samples(cfg, shards_dir, "train")
+    windows, collate_fn = samples(cfg, shards_dir, "train")
     sampler = GlobalBatchSampler(
         len(windows), global_batch_size, micro_batch_size, dp_rank, dp_size, seed, start_step
     )
@@ -69,7 +58,7 @@ def build_val_loader(
     windows that do not divide evenly over ranks are left out. Loaded in this process: reads are
     small and a fresh worker pool at every evaluation would cost more than it saves.
     """
-    windows, collate_fn = _samples(cfg, shards_dir, "val")
+    windows, collate_fn = samples(cfg, shards_dir, "val")
     budget = min(len(windows), max_batches * micro_batch_size)
     share = budget // dp_size
     mine = list(range(dp_rank * share, (dp_rank + 1) * share))

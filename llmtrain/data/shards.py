@@ -1,6 +1,6 @@
 """Read one split of a shard folder as a single token stream, through memory maps.
 
-Layout (written by `llmtrain.data.prepare`):
+Layout (written by `llmtrain.data.pretrain.prepare`):
 
     manifest.json
     train/shard_00000.bin       flat token ids (uint16 or uint32, see the manifest's dtype)
@@ -14,36 +14,13 @@ whole corpus for the price of a few file handles.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmtrain.data.cache import MANIFEST, read_manifest
 from llmtrain.data.errors import DataError
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-
-
-def read_manifest(shards_dir: Path) -> dict[str, Any]:
-    """The manifest of a shard folder, or `DataError` saying how to make one."""
-    path = Path(shards_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(
-            f"{shards_dir} has no {MANIFEST}: not a shard folder, or an interrupted preparation. "
-            "Run `python launch/prepare_data.py data=...` (or unset data.shards_dir to use the cache)"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); re-run launch/prepare_data.py") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(
-            f"{path} has shard format version {manifest.get('format_version')}, this code reads "
-            f"version {FORMAT_VERSION}; re-run launch/prepare_data.py"
-        )
-    return manifest
 
 
 class TokenShards:

@@ -13,8 +13,8 @@ from typing import Any
 
 from llmtrain.checkpoint import layout
 from llmtrain.config import DataConfig, TrainConfig, to_yaml
+from llmtrain.data import save_chat_settings
 from llmtrain.dist import broadcast_object, is_main_process
-from llmtrain.model.generate import save_chat_settings
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -57,5 +57,4 @@ class RunDir:
         if not is_main_process():
             return
         tokenizer.save_pretrained(self.tokenizer_dir)
-        if data.kind == "sft":
-            save_chat_settings(self.tokenizer_dir, data.chat_template, data.system_prompt)
+        save_chat_settings(data, self.tokenizer_dir)

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from llmtrain.config import TrainConfig
+from llmtrain.data import chat_template
 from llmtrain.dist import all_reduce_max
-from llmtrain.model.generate import decode_reply, greedy_decode, prompt_ids
+from llmtrain.generate import decode_reply, greedy_decode, prompt_ids
 from llmtrain.strategy.base import Strategy
 
 
@@ -22,11 +23,7 @@ class PromptSampler:
     """`trainer.sample_prompts` tokenized once (with the chat template for SFT)."""
 
     def __init__(self, cfg: TrainConfig, tokenizer: Any) -> None:
-        template = None
-        if cfg.data.kind == "sft":
-            from llmtrain.data.sft_prepare import sft_template
-
-            template = sft_template(cfg.data, tokenizer)
+        template = chat_template(cfg.data, tokenizer)
         self.tokenizer = tokenizer
         self.prompts = list(cfg.trainer.sample_prompts)
         self.prompt_ids = [prompt_ids(template, tokenizer, p) for p in self.prompts]

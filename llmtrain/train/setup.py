@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from llmtrain.config import TrainConfig
+from llmtrain.data import check_manifest, ensure_prepared
 from llmtrain.data.loader import build_train_loader, build_val_loader
-from llmtrain.data.prepare import check_manifest, ensure_shards
-from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.data.tokenizer.load import load_tokenizer
 from llmtrain.dist import DistInfo, barrier, is_main_process
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import CausalLMLoss
@@ -29,11 +29,11 @@ class RunData:
 def prepare_data(cfg: TrainConfig) -> RunData:
     """Tokenizer and shards; rank 0 prepares missing shards while the other ranks wait."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    shards_dir = ensure_shards(cfg.data) if is_main_process() else None
+    shards_dir = ensure_prepared(cfg.data) if is_main_process() else None
     # The other ranks wait in a collective bounded by dist.timeout_s: a corpus (or SFT set) that
     # takes longer to tokenize fails them with a timeout. Prepare big ones with launch/prepare_data.py.
     barrier()
-    shards_dir = shards_dir or ensure_shards(cfg.data)
+    shards_dir = shards_dir or ensure_prepared(cfg.data)
     return RunData(tokenizer, shards_dir, check_manifest(shards_dir, tokenizer))
 
 

@@ -50,7 +50,7 @@ def test_pretraining_bench_reports_split_memory_and_ratio_against_trainer(tmp_pa
 
 
 def test_sft_bench_counts_the_trainers_padding_and_our_packing(tmp_path):
-    cfg = _cfg(tmp_path, "+exp=sft", "data.seq_len=512", "data.synthetic_examples=300")
+    cfg = _cfg(tmp_path, "+exp=sft", "data.seq_len=512", "data.sft.synthetic_examples=300")
     ours, hf = run_benchmark(cfg, warmup=1, steps=4, vs_hf=True)
     # Trainer: one example per row padded to the longest in its batch; ours packs rows full.
     assert hf.padding_share > 0.02

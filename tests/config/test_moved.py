@@ -14,6 +14,9 @@ from llmtrain.config.moved import migrate, moved_to
         ("strategy.overlap_comm=false", "strategy.deepspeed.overlap_comm"),
         ("strategy.reshard_after_forward=false", "strategy.fsdp.reshard_after_forward"),
         ("strategy.timeout_s=30", "dist.timeout_s"),
+        ("data.packing=true", "data.sft.packing"),
+        ("data.chat_template=llama3", "data.sft.chat_template"),
+        ("data.synthetic_examples=10", "data.sft.synthetic_examples"),
     ],
 )
 def test_an_old_key_on_the_command_line_fails_naming_its_new_place(old, new):
@@ -26,6 +29,8 @@ def test_sub_keys_move_with_their_parent():
         "strategy.deepspeed.config.zero_optimization.stage"
     )
     assert moved_to("strategy.name") is None
+    assert moved_to("data.fields.instruction") == "data.sft.fields.instruction"
+    assert moved_to("data.format") is None  # moves only for kind=sft: see migrate
 
 
 def test_a_config_yaml_written_before_the_move_loads_with_values_at_the_new_place(tmp_path):
@@ -47,3 +52,38 @@ def test_a_config_yaml_written_before_the_move_loads_with_values_at_the_new_plac
     assert cfg.strategy.fsdp.reduce_dtype == "bfloat16"
     assert cfg.dist.timeout_s == 42
     assert "zero_stage" not in migrate(old)["strategy"]
+
+
+def test_an_sft_config_yaml_with_flat_data_keys_loads_with_them_under_data_sft(tmp_path):
+    old = {
+        "data": {
+            "name": "alpaca_demo",
+            "kind": "sft",
+            "path": "a.json",
+            "format": "alpaca",
+            "chat_template": "chatml",
+            "packing": True,
+            "document_masking": True,
+            "fields": {"instruction": "prompt"},
+            "max_examples": 5,
+        }
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(old))
+    cfg = from_yaml(path)
+    assert cfg.data.sft.format == "alpaca" and cfg.data.format == "synthetic"  # the default
+    assert cfg.data.sft.chat_template == "chatml" and cfg.data.sft.packing is True
+    assert cfg.data.sft.fields == {"instruction": "prompt"} and cfg.data.sft.max_examples == 5
+    assert "packing" not in migrate(old)["data"]
+
+
+def test_migrate_leaves_a_config_written_after_the_move_as_it_is():
+    new = {"data": {"kind": "sft", "format": "synthetic", "sft": {"format": "alpaca"}}}
+    assert migrate(new) == new
+    pretrain = {"data": {"kind": "pretrain", "format": "jsonl"}}
+    assert migrate(pretrain) == pretrain
+
+
+def test_an_sft_row_format_in_data_format_says_to_use_data_sft_format():
+    with pytest.raises(ConfigError, match="data.sft.format=alpaca"):
+        load_config(["data=alpaca_demo", "data.format=alpaca"])

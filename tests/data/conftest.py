@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmtrain.config import DataConfig
-from llmtrain.data.prepare import prepare_shards
+from llmtrain.data.pretrain.prepare import prepare_shards
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:

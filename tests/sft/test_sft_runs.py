@@ -12,7 +12,8 @@ import pytest
 from launcher import launch, read_metrics
 
 from llmtrain.checkpoint.export import export_hf
-from llmtrain.model.generate import CHAT_SETTINGS_FILE, run_generate
+from llmtrain.data.sft.chat_templates import CHAT_SETTINGS_FILE
+from llmtrain.generate import run_generate
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def alpaca(shared_data: Path) -> list[str]:
         f"data.path={shared_data / 'alpaca_en_demo.json'}",
         f"data.tokenizer={shared_data / 'llama2_tokenizer.model'}",
         "data.seq_len=128",
-        "data.max_examples=300",
+        "data.sft.max_examples=300",
         "data.val_fraction=0.1",
     ]
 
@@ -63,7 +64,7 @@ def cache(tmp_path_factory) -> Path:
 def test_default_sft_learns_samples_and_exports_a_chat_model(tmp_path: Path, cache: Path):
     run = tmp_path / "run"
     args = ["+exp=sft", *FAST, "trainer.max_steps=12", "trainer.eval_every=6", "data.seq_len=128",
-            "data.synthetic_examples=600", f"run.dir={run}", f"data.cache_dir={cache}"]  # fmt: skip
+            "data.sft.synthetic_examples=600", f"run.dir={run}", f"data.cache_dir={cache}"]  # fmt: skip
     launch("python", 1, args)
     losses = val_losses(run)
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
@@ -99,7 +100,7 @@ def test_alpaca_full_finetune_under_zero3(tmp_path: Path, shared_data: Path, cac
 @pytest.mark.parametrize("launcher,strategy", [("torchrun", "fsdp"), ("deepspeed", "zero2")])
 def test_lora_trains_and_merged_export_generates(tmp_path: Path, cache: Path, launcher: str, strategy: str):
     run = tmp_path / "run"
-    args = ["+exp=sft_lora", *FAST, "optim.lr=1e-2", "data.seq_len=128", "data.synthetic_examples=600",
+    args = ["+exp=sft_lora", *FAST, "optim.lr=1e-2", "data.seq_len=128", "data.sft.synthetic_examples=600",
             f"strategy={strategy}", f"run.dir={run}", f"data.cache_dir={cache}"]  # fmt: skip
     launch(launcher, 2, args)
     losses = val_losses(run)
@@ -113,12 +114,12 @@ def test_lora_on_a_pretrained_folder_exports_a_usable_adapter(tmp_path: Path, ca
     # A base model as our own pretraining would export it: train briefly, export, start LoRA from it.
     base_run = tmp_path / "base"
     launch("python", 1, ["+exp=sft", *FAST, "trainer.max_steps=2", "trainer.eval_every=0", "data.seq_len=128",
-                         "data.synthetic_examples=600", "trainer.sample_prompts=[]", f"run.dir={base_run}",
+                         "data.sft.synthetic_examples=600", "trainer.sample_prompts=[]", f"run.dir={base_run}",
                          f"data.cache_dir={cache}"])  # fmt: skip
     base = export_hf(base_run, tmp_path / "base_hf")
     run = tmp_path / "lora"
     launch("python", 1, ["+exp=sft_lora", *FAST, "trainer.max_steps=2", "trainer.eval_every=0",
-                         "data.seq_len=128", "data.synthetic_examples=600", f"model.pretrained={base}",
+                         "data.seq_len=128", "data.sft.synthetic_examples=600", f"model.pretrained={base}",
                          f"run.dir={run}", f"data.cache_dir={cache}"])  # fmt: skip
     adapter = export_hf(run, tmp_path / "adapter", adapter_only=True)
     config = json.loads((adapter / "adapter_config.json").read_text())

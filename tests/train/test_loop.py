@@ -15,7 +15,7 @@ import pytest
 
 from llmtrain.config import ConfigError, load_config
 from llmtrain.data.loader import build_train_loader
-from llmtrain.data.prepare import ensure_shards
+from llmtrain.data.pretrain.prepare import ensure_shards
 from llmtrain.train.loop import train
 
 N = 6  # steps before the interruption

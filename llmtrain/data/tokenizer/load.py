@@ -5,7 +5,7 @@ export) sees one interface whichever of the three sources it came from:
 
 - `byte`: 256 byte tokens plus `<pad>`, `<s>`, `</s>`, built in code; needs no file or network.
 - a sentencepiece `.model` file, converted so it encodes exactly like sentencepiece
-  (`llmtrain.data.sentencepiece_model`).
+  (`llmtrain.data.tokenizer.sentencepiece_model`).
 - a Hugging Face tokenizer folder (what `save_pretrained` writes, e.g. a run's exported tokenizer).
 """
 
@@ -42,7 +42,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         if path.is_dir():
             tok = _load_hf_folder(path)
         else:
-            from llmtrain.data.sentencepiece_model import tokenizer_from_sentencepiece
+            from llmtrain.data.tokenizer.sentencepiece_model import tokenizer_from_sentencepiece
 
             tok = tokenizer_from_sentencepiece(path)
         tok.name_or_path = str(path)

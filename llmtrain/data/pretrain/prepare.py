@@ -1,10 +1,9 @@
 """Raw documents → tokenized shards + manifest, and the cache that reuses them.
 
-Documents stream from `llmtrain.data.sources`, are tokenized in worker processes (order kept),
+Documents stream from `llmtrain.data.pretrain.sources`, are tokenized in worker processes (order kept),
 get an EOS appended (pretraining windows cut across documents; the EOS is how the model learns
 where one ends, so no BOS is added), and go to `train/` or `val/` by a hash of their index. The
-whole folder is built under a temporary name and renamed into place at the end, so a crash never
-leaves something that looks like a finished shard folder.
+whole folder is built under a temporary name and published (`llmtrain.data.cache.publish`).
 """
 
 from __future__ import annotations
@@ -26,32 +25,25 @@ from typing import Any
 import numpy as np
 
 from llmtrain.config import DataConfig
+from llmtrain.data.cache import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    is_val_document,
+    publish,
+    read_manifest,
+    shard_dtype,
+)
 from llmtrain.data.errors import DataError
-from llmtrain.data.shards import FORMAT_VERSION, MANIFEST, read_manifest
-from llmtrain.data.sources import Document, iter_documents, source_fingerprint
-from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
+from llmtrain.data.pretrain.sources import Document, iter_documents, source_fingerprint
+from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
-SPLITS = ("train", "val")
 # A chunk is the unit of work sent to a tokenizer process: big enough to amortise the pickling.
 _CHUNK_DOCS = 512
 _CHUNK_CHARS = 4_000_000
 _EXAMPLES_KEPT = 5
-
-
-def shard_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id (0 .. vocab_size - 1) fits in it, else uint32: half the disk and page cache."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def is_val_document(index: int, val_fraction: float) -> bool:
-    """Whether document `index` is held out. A hash, not a stride, so no periodic structure in the
-    corpus (e.g. one file every N documents) ends up wholly in one split."""
-    if val_fraction <= 0:
-        return False
-    h = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest()
-    return int.from_bytes(h, "little") < val_fraction * 2**64
 
 
 def prep_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -91,10 +83,6 @@ def ensure_shards(cfg: DataConfig) -> Path:
     Safe to race: preparation renames a finished folder into place atomically, and a loser of the
     race keeps the winner's (identical) folder. The trainer still calls this on rank 0 first.
     """
-    if cfg.kind == "sft":
-        from llmtrain.data.sft_prepare import ensure_sft_cache
-
-        return ensure_sft_cache(cfg)
     if cfg.shards_dir is not None:
         shards_dir = Path(cfg.shards_dir)
         read_manifest(shards_dir)
@@ -104,24 +92,6 @@ def ensure_shards(cfg: DataConfig) -> Path:
         return shards_dir
     log.info("preparing shards for data=%s into %s", cfg.name, shards_dir)
     return prepare_shards(cfg, shards_dir, workers=cfg.prep_workers, progress=sys.stderr.isatty())
-
-
-def check_manifest(shards_dir: Path, tok: Any) -> dict[str, Any]:
-    """The manifest, after checking the shards were made with this tokenizer.
-
-    Ids from another vocabulary are valid integers, so training on them would run and learn noise;
-    this is the one place that catches it.
-    """
-    manifest = read_manifest(shards_dir)
-    made, now = manifest["tokenizer"], tokenizer_identity(tok)
-    if made["fingerprint"] != now["fingerprint"] or made["vocab_size"] != now["vocab_size"]:
-        raise DataError(
-            f"shards in {shards_dir} were made with tokenizer {made['name']!r} (vocab {made['vocab_size']}, "
-            f"fingerprint {made['fingerprint'][:12]}) but the model uses {now['name']!r} (vocab "
-            f"{now['vocab_size']}, fingerprint {now['fingerprint'][:12]}); re-run launch/prepare_data.py "
-            "with this data.tokenizer or point data.shards_dir at matching shards"
-        )
-    return manifest
 
 
 def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, progress: bool = True) -> Path:
@@ -332,12 +302,16 @@ class _ShardWriter:
         }
 
 
-def publish(tmp: Path, out_dir: Path) -> Path:
-    """Rename a finished temp folder into place: a prepared folder is complete or absent."""
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if (out_dir / MANIFEST).is_file():  # another process finished the same folder first
-            return out_dir
-        raise
-    return out_dir
+def describe_shards(shards_dir: Path) -> str:
+    """What a shard folder holds, from its manifest: counts per split, empty documents, speed."""
+    manifest = read_manifest(shards_dir)
+    splits = manifest["splits"]
+    tokens = sum(s["num_tokens"] for s in splits.values())
+    lines = [f"shards: {shards_dir}"]
+    for name, split in splits.items():
+        lines.append(
+            f"  {name}: {split['num_docs']:,} docs, {split['num_tokens']:,} tokens, {len(split['shards'])} shards"
+        )
+    lines.append(f"  empty documents skipped: {manifest['empty_docs']['count']:,}")
+    lines.append(f"  prepared at {tokens / max(manifest['prep_seconds'], 1e-9):,.0f} tokens/s")
+    return "\n".join(lines)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from llmtrain.data.chat_templates import ChatTemplate, Segment, TemplateError
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation
+from llmtrain.data.sft.chat_templates import ChatTemplate, Segment, TemplateError
+from llmtrain.data.sft.formats import Conversation
 
 _REASONS_KEPT = 5
 
@@ -59,7 +59,7 @@ def tokenize_conversation(
     if not any(s.trainable and s.ids for s in segments):
         raise TemplateError(
             f"{where}: chat template {template.name!r} produced no assistant tokens for a conversation "
-            "with an assistant turn; choose another data.chat_template"
+            "with an assistant turn; choose another data.sft.chat_template"
         )
     total = sum(len(s.ids) for s in segments)
     truncated = False
@@ -141,7 +141,7 @@ class SFTAudit:
             raise DataError(
                 f"data={name}: the end-of-turn token ({end_token!r}, id {end_token_id}) is never a label, so "
                 "the model would never learn to stop replying; the chat template must end assistant turns "
-                "with an end token (choose another data.chat_template)"
+                "with an end token (choose another data.sft.chat_template)"
             )
 
     def summary(self) -> str:

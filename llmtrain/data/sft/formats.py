@@ -69,7 +69,7 @@ def detect_format(row: Any, fields: Mapping[str, str], where: str) -> str:
     keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
     raise DataError(
         f"{where}: cannot tell the SFT format (fields: {keys}); expected `instruction`/`output` (alpaca), "
-        "`conversations` (sharegpt) or `messages`; set data.format, or map field names with data.fields"
+        "`conversations` (sharegpt) or `messages`; set data.sft.format, or map field names with data.sft.fields"
     )
 
 
@@ -93,7 +93,7 @@ def to_conversation(
         conv = _messages(row, where, fields, roles)
     else:
         raise DataError(
-            f"{where}: unknown SFT format {fmt!r}; data.format must be alpaca, sharegpt or messages"
+            f"{where}: unknown SFT format {fmt!r}; data.sft.format must be alpaca, sharegpt or messages"
         )
     check_roles(conv, where)
     return conv
@@ -127,7 +127,7 @@ def _name(canonical: str, fields: Mapping[str, str]) -> str:
 
 
 def _text(value: Any, where: str, field: str, required: bool = True) -> str:
-    """A string field, checked for bytes that were not UTF-8 (see llmtrain.data.records)."""
+    """A string field, checked for bytes that were not UTF-8 (see llmtrain.data.sft.records)."""
     if value is None and not required:
         return ""
     if not isinstance(value, str):
@@ -149,7 +149,7 @@ def _require_field(row: dict, canonical: str, fields: Mapping[str, str], where: 
     if name not in row:
         keys = ", ".join(map(str, row)) or "none"
         raise DataError(
-            f"{where}: missing field {name!r} (fields present: {keys}); map it with data.fields.{canonical}=NAME"
+            f"{where}: missing field {name!r} (fields present: {keys}); map it with data.sft.fields.{canonical}=NAME"
         )
     return row[name]
 
@@ -191,11 +191,11 @@ def _role(value: Any, roles: Mapping[str, str], where: str, field: str) -> str:
         known = ", ".join(sorted(roles))
         raise DataError(
             f"{where}, field {field!r}: unknown role {value!r} (known: {known}); map it with "
-            "data.role_names.NAME=user|assistant|system|tool|tool_call"
+            "data.sft.role_names.NAME=user|assistant|system|tool|tool_call"
         )
     role = roles[value]
     if role not in ROLES:
-        raise DataError(f"data.role_names maps {value!r} to {role!r}; expected one of {', '.join(ROLES)}")
+        raise DataError(f"data.sft.role_names maps {value!r} to {role!r}; expected one of {', '.join(ROLES)}")
     return role
 
 

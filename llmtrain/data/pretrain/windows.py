@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmtrain.data.collate import IGNORE_INDEX
 from llmtrain.data.shards import TokenShards
-
-IGNORE_INDEX = -100
 
 
 class PretrainWindows(Dataset):
@@ -60,3 +59,17 @@ class PretrainWindows(Dataset):
             "document_ids": document_ids,
             "sample_index": torch.tensor(i, dtype=torch.int64),
         }
+
+
+class UnshiftedWindows(Dataset):
+    """Trainer passes every field to the model; HF shifts `labels` itself, so labels = inputs."""
+
+    def __init__(self, windows: PretrainWindows) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = self.windows[i]["input_ids"]
+        return {"input_ids": ids, "labels": ids}

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtrain.data.chat_templates import NAMED_TEMPLATES, TemplateError, resolve_chat_template
 from llmtrain.data.collate import collate
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message, to_conversation
-from llmtrain.data.sft import tokenize_conversation
-from llmtrain.data.sft_dataset import example_tensors
-from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.data.sft.chat_templates import NAMED_TEMPLATES, TemplateError, resolve_chat_template
+from llmtrain.data.sft.dataset import example_tensors
+from llmtrain.data.sft.formats import Conversation, Message, to_conversation
+from llmtrain.data.sft.tokenize import tokenize_conversation
+from llmtrain.data.tokenizer.load import load_tokenizer
 
 IGNORE = -100
 
@@ -176,7 +176,7 @@ def test_template_needing_a_system_message_the_data_lacks_says_how_to_fix_it():
         + CHATML_JINJA
     )
     conv = Conversation((Message("user", "hi"), Message("assistant", "hello")))
-    with pytest.raises(DataError, match="a system message is required.*data.system_prompt"):
+    with pytest.raises(DataError, match="a system message is required.*data.sft.system_prompt"):
         resolve_chat_template("tokenizer", tok).encode(conv, "train.json example 3")
     fixed = resolve_chat_template("tokenizer", tok, system_prompt="You help.")
     assert tok.decode(labelled_ids(conv, fixed), skip_special_tokens=False) == "hello</s>"

@@ -21,11 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from llmtrain.config import DataConfig
-from llmtrain.data.collate import collate
+from llmtrain.data.cache import MANIFEST, read_manifest
+from llmtrain.data.collate import IGNORE_INDEX, collate
 from llmtrain.data.errors import DataError
-from llmtrain.data.packing import one_per_row, pack_examples, packing_efficiency
-from llmtrain.data.pretrain import IGNORE_INDEX
-from llmtrain.data.shards import MANIFEST, read_manifest
+from llmtrain.data.sft.packing import one_per_row, pack_examples, packing_efficiency
 
 log = logging.getLogger("llmtrain")
 
@@ -101,18 +100,33 @@ class SFTRows(Dataset):
 
 
 def sft_rows(cfg: DataConfig, folder: Path, split: str) -> tuple[SFTRows, Any]:
-    """(dataset of rows, collate function) for one split, packed when `data.packing`."""
+    """(dataset of rows, collate function) for one split, packed when `data.sft.packing`."""
     examples = SFTExamples(folder, split)
     inputs = examples.lengths - 1  # tokens each example occupies in a row
-    rows = pack_examples(inputs, cfg.seq_len, PACKING_SEED) if cfg.packing else one_per_row(len(examples))
+    rows = pack_examples(inputs, cfg.seq_len, PACKING_SEED) if cfg.sft.packing else one_per_row(len(examples))
     if split == "train":
         log.info(
             "sft rows: %d examples in %d rows of up to %d tokens (packing=%s), %.1f%% of row slots hold tokens",
             len(examples),
             len(rows),
             cfg.seq_len,
-            cfg.packing,
+            cfg.sft.packing,
             100 * packing_efficiency(rows, inputs, cfg.seq_len),
         )
     pad_id = json.loads((Path(folder) / MANIFEST).read_text())["tokenizer"]["pad_id"]
     return SFTRows(examples, rows), partial(collate, pad_id=pad_id)
+
+
+class UnshiftedExamples(Dataset):
+    """Our prepared SFT examples as HF expects them: unshifted labels, -100 off the assistant turns."""
+
+    def __init__(self, examples: SFTExamples) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids, mask = self.examples[i]
+        labels = [int(t) if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+        return {"input_ids": ids.tolist(), "labels": labels}

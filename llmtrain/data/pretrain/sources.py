@@ -17,7 +17,7 @@ from typing import Any
 
 from llmtrain.config import DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.synthetic import GENERATOR_VERSION, generate_documents
+from llmtrain.data.pretrain.synthetic import GENERATOR_VERSION, generate_documents
 
 HF_PREFIX = "hf:"
 # The synthetic corpus is fixed: its size is configurable, its content is not.

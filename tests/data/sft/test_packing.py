@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from llmtrain.config import DataConfig, ModelConfig
+from llmtrain.config import DataConfig, ModelConfig, SFTConfig
+from llmtrain.data import ensure_prepared
 from llmtrain.data.collate import collate
 from llmtrain.data.loader import build_train_loader
-from llmtrain.data.packing import one_per_row, pack_examples, packing_efficiency
-from llmtrain.data.prepare import ensure_shards
-from llmtrain.data.sft_dataset import SFTExamples, SFTRows, example_tensors
+from llmtrain.data.sft.dataset import SFTExamples, SFTRows, example_tensors
+from llmtrain.data.sft.packing import one_per_row, pack_examples, packing_efficiency
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
 
@@ -42,16 +42,14 @@ def test_alpaca_demo_packs_densely(tmp_path: Path, shared_data: Path):
     cfg = DataConfig(
         name="alpaca",
         kind="sft",
-        format="alpaca",
         path=str(shared_data / "alpaca_en_demo.json"),
         tokenizer=str(shared_data / "llama2_tokenizer.model"),
-        chat_template="chatml",
+        sft=SFTConfig(format="alpaca", chat_template="chatml", packing=True),
         seq_len=512,
-        packing=True,
         document_masking=True,
         cache_dir=str(tmp_path),
     )
-    examples = SFTExamples(ensure_shards(cfg), "train")
+    examples = SFTExamples(ensure_prepared(cfg), "train")
     inputs = examples.lengths - 1
     rows = pack_examples(inputs, 512, seed=0)
     assert packing_efficiency(rows, inputs, 512) > 0.95
@@ -131,13 +129,12 @@ def test_sft_loader_resumes_at_a_step_and_pads_unpacked_batches(tmp_path: Path):
         for i in range(64)
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = dict(
-        name="t", kind="sft", format="messages", path=str(data), tokenizer="byte", chat_template="chatml"
-    )
+    common = dict(name="t", kind="sft", path=str(data), tokenizer="byte")
     for packing in (True, False):
-        cfg = DataConfig(**common, seq_len=96, packing=packing, document_masking=packing, val_fraction=0.0,
+        sft = SFTConfig(format="messages", chat_template="chatml", packing=packing)
+        cfg = DataConfig(**common, sft=sft, seq_len=96, document_masking=packing, val_fraction=0.0,
                          cache_dir=str(tmp_path / "cache"), loader_workers=0)  # fmt: skip
-        folder = ensure_shards(cfg)
+        folder = ensure_prepared(cfg)
 
         straight = first_batches(cfg, folder, start_step=0, n=6)
         resumed = first_batches(cfg, folder, start_step=1, n=4)  # step 1 starts at micro-batch 2

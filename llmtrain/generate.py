@@ -8,29 +8,14 @@ model saw before every reply in training.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmtrain.data.chat_templates import ChatTemplate
-from llmtrain.data.formats import Conversation, Message
-
-# Written next to a run's tokenizer (and so copied into every export): which template and system
-# prompt the model was fine-tuned with, so `launch/generate.py` formats prompts the same way.
-CHAT_SETTINGS_FILE = "llmtrain_chat.json"
-
-
-def save_chat_settings(folder: Path, chat_template: str, system_prompt: str | None) -> None:
-    payload = {"chat_template": chat_template, "system_prompt": system_prompt}
-    (Path(folder) / CHAT_SETTINGS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def load_chat_settings(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / CHAT_SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+from llmtrain.data.sft.chat_templates import ChatTemplate, load_chat_settings
+from llmtrain.data.sft.formats import Conversation, Message
 
 
 def prompt_ids(template: ChatTemplate | None, tokenizer: Any, prompt: str) -> list[int]:
@@ -77,7 +62,7 @@ def load_for_generation(model_dir: Path, device: torch.device) -> tuple[Any, Any
     """(model, tokenizer) from an HF folder or a peft adapter folder whose base is a local folder."""
     from transformers import AutoModelForCausalLM
 
-    from llmtrain.data.tokenizer import load_tokenizer
+    from llmtrain.data.tokenizer.load import load_tokenizer
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").is_file():
@@ -98,7 +83,7 @@ def run_generate(
     device: str = "auto",
 ) -> list[tuple[str, str]]:
     """(prompt, reply) for each prompt: `launch/generate.py`'s whole job."""
-    from llmtrain.data.chat_templates import resolve_chat_template
+    from llmtrain.data.sft.chat_templates import resolve_chat_template
     from llmtrain.dist import pick_device
 
     dev = pick_device(device, 0)

@@ -4,8 +4,8 @@ import pytest
 import sentencepiece as spm
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
-from llmtrain.data.train_tokenizer import train_sentencepiece
+from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
+from llmtrain.data.tokenizer.train import train_sentencepiece
 
 
 def test_trained_bpe_model_loads_and_encodes_like_sentencepiece(shared_data, tmp_path):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmtrain.config import ConfigError, DataConfig
+from llmtrain.config import ConfigError, DataConfig, SFTConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Message, detect_format, to_conversation
-from llmtrain.data.records import iter_records
+from llmtrain.data.sft.formats import Message, detect_format, to_conversation
+from llmtrain.data.sft.records import iter_records
 
 
 def roles(conv) -> list[str]:
@@ -152,7 +152,7 @@ def test_non_utf8_bytes_are_reported_with_example_and_field(tmp_path: Path):
     good = json.dumps({"instruction": "q", "output": "a"}).encode()
     bad = b'{"instruction": "caf\xe9", "output": "a"}'
     path.write_bytes(good + b"\n" + bad + b"\n")
-    records = list(iter_records(DataConfig(kind="sft", format="alpaca", path=str(path))))
+    records = list(iter_records(DataConfig(kind="sft", sft=SFTConfig(format="alpaca"), path=str(path))))
     to_conversation(records[0].row, "alpaca", records[0].where)
     with pytest.raises(DataError) as err:
         to_conversation(records[1].row, "alpaca", records[1].where)
@@ -162,8 +162,8 @@ def test_non_utf8_bytes_are_reported_with_example_and_field(tmp_path: Path):
 
 
 def test_unknown_format_is_a_config_error_naming_the_key():
-    with pytest.raises(ConfigError, match="data.format"):
-        DataConfig(kind="sft", format="xml", path="x.json")
+    with pytest.raises(ConfigError, match="data.sft.format"):
+        DataConfig(kind="sft", sft=SFTConfig(format="xml"), path="x.json")
 
 
 def test_undetectable_format_says_which_fields_it_saw():
@@ -173,7 +173,7 @@ def test_undetectable_format_says_which_fields_it_saw():
 
 def test_packing_requires_document_masking():
     with pytest.raises(ConfigError, match="data.document_masking"):
-        DataConfig(kind="sft", format="synthetic", packing=True, document_masking=False)
+        DataConfig(kind="sft", sft=SFTConfig(format="synthetic", packing=True), document_masking=False)
 
 
 def test_parquet_and_saved_hf_datasets_are_read_as_rows(tmp_path: Path):
@@ -183,5 +183,5 @@ def test_parquet_and_saved_hf_datasets_are_read_as_rows(tmp_path: Path):
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
     for path in (str(tmp_path / "d.parquet"), f"hf:{tmp_path / 'saved'}"):
-        records = list(iter_records(DataConfig(kind="sft", format="alpaca", path=path)))
+        records = list(iter_records(DataConfig(kind="sft", sft=SFTConfig(format="alpaca"), path=path)))
         assert [r.row for r in records] == rows and records[2].where.endswith("example 2")

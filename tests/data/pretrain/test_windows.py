@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmtrain.data.pretrain import IGNORE_INDEX, PretrainWindows
+from llmtrain.data.collate import IGNORE_INDEX
+from llmtrain.data.pretrain.windows import PretrainWindows
 from llmtrain.data.shards import TokenShards
 
 EOS = 258

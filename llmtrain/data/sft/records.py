@@ -1,7 +1,7 @@
 """Raw SFT rows (one JSON object per example) from json / jsonl / parquet files or `hf:NAME`.
 
 Unlike pretraining documents, an SFT example is a whole structured row, so rows are returned as
-dicts for `llmtrain.data.formats` to interpret. Text that is not valid UTF-8 does not stop the read:
+dicts for `llmtrain.data.sft.formats` to interpret. Text that is not valid UTF-8 does not stop the read:
 bytes are decoded with `surrogateescape`, and `formats` reports the example and field that hold
 them, so one bad row is skipped (or reported) like any other malformed example.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmtrain.config import DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import HF_PREFIX, file_sha256, resolve_files
+from llmtrain.data.pretrain.sources import HF_PREFIX, file_sha256, resolve_files
 
 RECORD_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -54,10 +54,9 @@ def record_files(cfg: DataConfig) -> list[Path]:
 
 
 def _resolve(cfg: DataConfig) -> list[tuple[Path, str]]:
-    # resolve_files maps extensions only for format=auto; SFT formats describe rows, not files.
-    from dataclasses import replace
-
-    return resolve_files(replace(cfg, kind="pretrain", format="auto", packing=False))
+    # resolve_files maps extensions only for data.format=auto; SFT formats (data.sft.format)
+    # describe rows, not files.
+    return resolve_files(replace(cfg, format="auto"))
 
 
 def iter_records(cfg: DataConfig) -> Iterator[Record]:

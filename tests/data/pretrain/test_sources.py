@@ -10,7 +10,7 @@ import pytest
 
 from llmtrain.config import DataConfig
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import iter_documents, source_fingerprint
+from llmtrain.data.pretrain.sources import iter_documents, source_fingerprint
 
 
 def docs(path: Path | str, **cfg: object) -> list:

@@ -33,15 +33,22 @@ from typing import Any
 import numpy as np
 
 from llmtrain.config import DataConfig
-from llmtrain.data.chat_templates import ChatTemplate, NamedTemplate, TemplateError, resolve_chat_template
+from llmtrain.data.cache import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    is_val_document,
+    publish,
+    read_manifest,
+    shard_dtype,
+)
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, detect_format, to_conversation
-from llmtrain.data.prepare import SPLITS, is_val_document, publish, shard_dtype
-from llmtrain.data.records import Record, iter_records, source_fingerprint
-from llmtrain.data.sft import SFTAudit, tokenize_conversation
-from llmtrain.data.shards import FORMAT_VERSION, MANIFEST
-from llmtrain.data.synthetic_sft import GENERATOR_VERSION, generate_conversations
-from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
+from llmtrain.data.sft.chat_templates import ChatTemplate, NamedTemplate, TemplateError, resolve_chat_template
+from llmtrain.data.sft.formats import Conversation, detect_format, to_conversation
+from llmtrain.data.sft.records import Record, iter_records, source_fingerprint
+from llmtrain.data.sft.synthetic import GENERATOR_VERSION, generate_conversations
+from llmtrain.data.sft.tokenize import SFTAudit, tokenize_conversation
+from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
@@ -51,7 +58,7 @@ SYNTHETIC_SEED = 0
 
 def sft_template(cfg: DataConfig, tokenizer: Any) -> ChatTemplate:
     """The chat template training, evaluation and generation all use for this config."""
-    return resolve_chat_template(cfg.chat_template, tokenizer, cfg.system_prompt)
+    return resolve_chat_template(cfg.sft.chat_template, tokenizer, cfg.sft.system_prompt)
 
 
 def _template_identity(template: ChatTemplate) -> dict[str, Any]:
@@ -68,22 +75,24 @@ def sft_settings(cfg: DataConfig) -> dict[str, Any]:
     """The config keys that change which examples are kept and how they are tokenized."""
     return {
         "layout_version": SFT_LAYOUT_VERSION,
-        "format": cfg.format,
+        "format": cfg.sft.format,
         "seq_len": cfg.seq_len,
-        "truncation": cfg.truncation,
-        "train_on_prompt": cfg.train_on_prompt,
-        "fields": dict(cfg.fields),
-        "role_names": dict(cfg.role_names),
-        "max_examples": cfg.max_examples,
+        "truncation": cfg.sft.truncation,
+        "train_on_prompt": cfg.sft.train_on_prompt,
+        "fields": dict(cfg.sft.fields),
+        "role_names": dict(cfg.sft.role_names),
+        "max_examples": cfg.sft.max_examples,
         "val_fraction": cfg.val_fraction,
         "hf_split": cfg.hf_split,
-        "on_bad_example": cfg.on_bad_example,
-        "synthetic": [cfg.synthetic_examples, GENERATOR_VERSION] if cfg.format == "synthetic" else None,
+        "on_bad_example": cfg.sft.on_bad_example,
+        "synthetic": [cfg.sft.synthetic_examples, GENERATOR_VERSION]
+        if cfg.sft.format == "synthetic"
+        else None,
     }
 
 
 def sft_cache_key(cfg: DataConfig, tokenizer: Any, template: ChatTemplate) -> str:
-    sources = source_fingerprint(cfg) if cfg.format != "synthetic" else []
+    sources = source_fingerprint(cfg) if cfg.sft.format != "synthetic" else []
     ident = tokenizer_identity(tokenizer)
     payload = {
         "format_version": FORMAT_VERSION,
@@ -111,26 +120,31 @@ def ensure_sft_cache(cfg: DataConfig) -> Path:
     return prepare_sft(cfg, out)
 
 
+def describe_examples(folder: Path) -> str:
+    """What a prepared SFT folder holds: its audit summary."""
+    return f"sft examples: {folder}\n  {read_manifest(folder)['audit']['summary']}"
+
+
 def iter_conversations(cfg: DataConfig, audit: SFTAudit) -> Iterator[tuple[int, str, Conversation]]:
     """(example index, where, conversation) for every well-formed row; malformed rows are counted in
-    `audit` and skipped, or raised with `data.on_bad_example=error`."""
-    if cfg.format == "synthetic":
+    `audit` and skipped, or raised with `data.sft.on_bad_example=error`."""
+    if cfg.sft.format == "synthetic":
         rows: Iterator[Record] = (
             Record(row, "synthetic", i)
-            for i, row in enumerate(generate_conversations(cfg.synthetic_examples, SYNTHETIC_SEED))
+            for i, row in enumerate(generate_conversations(cfg.sft.synthetic_examples, SYNTHETIC_SEED))
         )
     else:
         rows = iter_records(cfg)
-    fmt = None if cfg.format == "auto" else cfg.format
+    fmt = None if cfg.sft.format == "auto" else cfg.sft.format
     for index, record in enumerate(rows):
-        if cfg.max_examples is not None and index >= cfg.max_examples:
+        if cfg.sft.max_examples is not None and index >= cfg.sft.max_examples:
             break
         audit.examples_read += 1
         try:
-            fmt = fmt or detect_format(record.row, cfg.fields, record.where)
-            conv = to_conversation(record.row, fmt, record.where, cfg.fields, cfg.role_names)
+            fmt = fmt or detect_format(record.row, cfg.sft.fields, record.where)
+            conv = to_conversation(record.row, fmt, record.where, cfg.sft.fields, cfg.sft.role_names)
         except DataError as exc:
-            if cfg.on_bad_example == "error":
+            if cfg.sft.on_bad_example == "error":
                 raise
             audit.skip(exc)
             continue
@@ -152,12 +166,12 @@ def prepare_sft(cfg: DataConfig, out_dir: Path) -> Path:
         for index, where, conv in iter_conversations(cfg, audit):
             try:
                 example, outcome = tokenize_conversation(
-                    conv, template, cfg.seq_len + 1, cfg.truncation, cfg.train_on_prompt, where
+                    conv, template, cfg.seq_len + 1, cfg.sft.truncation, cfg.sft.train_on_prompt, where
                 )
             except TemplateError:
                 raise  # a template that cannot work is not one bad example
             except DataError as exc:
-                if cfg.on_bad_example == "error":
+                if cfg.sft.on_bad_example == "error":
                     raise
                 audit.skip(exc)
                 continue
@@ -191,7 +205,7 @@ def prepare_sft(cfg: DataConfig, out_dir: Path) -> Path:
             "end_token": {"id": template.end_token_id, "token": end_token},
             "splits": {split: w.close() for split, w in writers.items()},
             "audit": {**audit.to_dict(), "summary": summary},
-            "sources": source_fingerprint(cfg) if cfg.format != "synthetic" else [],
+            "sources": source_fingerprint(cfg) if cfg.sft.format != "synthetic" else [],
             "settings": {**sft_settings(cfg), "path": cfg.path, "tokenizer": cfg.tokenizer},
             "prep_seconds": round(time.perf_counter() - started, 3),
         }
@@ -217,12 +231,12 @@ def _log_audit(cfg: DataConfig, audit: SFTAudit, out_dir: Path) -> None:
     dropped = audit.dropped_too_long + audit.dropped_no_trainable_left
     if dropped:
         log.warning(
-            "data=%s: dropped %d examples longer than data.seq_len=%d (data.truncation=%s); raise data.seq_len "
+            "data=%s: dropped %d examples longer than data.seq_len=%d (data.sft.truncation=%s); raise data.seq_len "
             "to keep them",
             cfg.name,
             dropped,
             cfg.seq_len,
-            cfg.truncation,
+            cfg.sft.truncation,
         )
     if audit.examples_without_end_label:
         log.warning(

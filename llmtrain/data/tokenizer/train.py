@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.sources import EXTENSION_FORMATS, iter_file_documents
+from llmtrain.data.pretrain.sources import EXTENSION_FORMATS, iter_file_documents
 
 MODEL_TYPES = ("bpe", "unigram")
 # sentencepiece drops sentences longer than this (bytes); ours are lines, so few are affected.

@@ -1,5 +1,5 @@
-"""SFT preparation: truncation by whole turns, the pre-flight audit and its hard errors, skipped
-examples counted in the manifest, and the cache that makes a rerun skip tokenization."""
+"""SFT preparation (`llmtrain/data/sft/prepare.py`): the pre-flight audit and its hard errors,
+skipped examples counted in the manifest, and the cache that makes a rerun skip tokenization."""
 
 from __future__ import annotations
 
@@ -9,51 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmtrain.config import DataConfig
-from llmtrain.data import sft_prepare
-from llmtrain.data.chat_templates import resolve_chat_template
+from llmtrain.config import DataConfig, SFTConfig
+from llmtrain.data import check_manifest, ensure_prepared
+from llmtrain.data.cache import MANIFEST
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message
-from llmtrain.data.prepare import check_manifest, ensure_shards
-from llmtrain.data.sft import tokenize_conversation
-from llmtrain.data.sft_dataset import SFTExamples
-from llmtrain.data.shards import MANIFEST
-from llmtrain.data.tokenizer import load_tokenizer
-
-
-def two_rounds() -> Conversation:
-    return Conversation(
-        (
-            Message("user", "a" * 20),
-            Message("assistant", "b" * 20),
-            Message("user", "c" * 20),
-            Message("assistant", "d" * 20),
-        )
-    )
-
-
-def test_truncate_turns_keeps_leading_whole_rounds_and_their_end_token():
-    tok = load_tokenizer("byte")
-    template = resolve_chat_template("alpaca", tok, system_prompt="")
-    full, outcome = tokenize_conversation(two_rounds(), template, 10_000, "truncate_turns", False, "t")
-    assert outcome == "kept"
-    cut, outcome = tokenize_conversation(
-        two_rounds(), template, len(full.ids) - 5, "truncate_turns", False, "t"
-    )
-    assert outcome == "truncated" and cut.truncated
-    labels = cut.ids[1:][cut.loss_mask[1:] == 1]
-    assert tok.decode(labels, skip_special_tokens=False) == "b" * 20 + "</s>"
-    assert cut.ids[-1] == tok.eos_token_id  # ends right after the kept reply
-
-
-def test_drop_and_nothing_left_are_reported_outcomes_not_examples():
-    tok = load_tokenizer("byte")
-    template = resolve_chat_template("alpaca", tok, system_prompt="")
-    assert tokenize_conversation(two_rounds(), template, 60, "drop", False, "t") == (None, "too_long")
-    assert tokenize_conversation(two_rounds(), template, 10, "truncate_turns", False, "t") == (
-        None,
-        "no_trainable_left",
-    )
+from llmtrain.data.sft import prepare as sft_prepare
+from llmtrain.data.sft.dataset import SFTExamples
+from llmtrain.data.tokenizer.load import load_tokenizer
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -62,19 +24,19 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def sft_cfg(tmp_path: Path, path: Path, **kw: object) -> DataConfig:
+    sft = {"format": "auto", "chat_template": "chatml"}
+    sft.update({k: kw.pop(k) for k in list(kw) if k in SFTConfig.__dataclass_fields__})
     settings = {
         "name": "t",
         "kind": "sft",
-        "format": "auto",
         "path": str(path),
         "tokenizer": "byte",
-        "chat_template": "chatml",
         "seq_len": 128,
         "val_fraction": 0.0,
         "cache_dir": str(tmp_path / "cache"),
         **kw,
     }
-    return DataConfig(**settings)
+    return DataConfig(**settings, sft=SFTConfig(**sft))
 
 
 GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
@@ -91,7 +53,7 @@ def test_malformed_examples_are_skipped_and_counted_in_the_manifest(tmp_path: Pa
         tmp_path / "d.jsonl",
         [GOOD, *BAD, GOOD, {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "x" * 300}]}],
     )
-    folder = ensure_shards(sft_cfg(tmp_path, data))
+    folder = ensure_prepared(sft_cfg(tmp_path, data))
     audit = json.loads((folder / MANIFEST).read_text())["audit"]
     assert audit["examples_read"] == 7
     assert audit["kept"] == 2 and audit["skipped_malformed"] == 4 and audit["dropped_no_trainable_left"] == 1
@@ -102,13 +64,13 @@ def test_malformed_examples_are_skipped_and_counted_in_the_manifest(tmp_path: Pa
 def test_on_bad_example_error_stops_at_the_first_with_its_location(tmp_path: Path):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD, BAD[1]])
     with pytest.raises(DataError, match=r"d.jsonl example 1 \(line 2\): turn 0 has role 'assistant'"):
-        ensure_shards(sft_cfg(tmp_path, data, on_bad_example="error"))
+        ensure_prepared(sft_cfg(tmp_path, data, on_bad_example="error"))
 
 
 def test_no_usable_example_is_a_hard_error(tmp_path: Path):
     data = write_jsonl(tmp_path / "d.jsonl", BAD)
     with pytest.raises(DataError, match="no usable example out of 4"):
-        ensure_shards(sft_cfg(tmp_path, data))
+        ensure_prepared(sft_cfg(tmp_path, data))
 
 
 def test_a_template_without_an_end_token_is_a_hard_error(tmp_path: Path, monkeypatch):
@@ -117,20 +79,20 @@ def test_a_template_without_an_end_token_is_a_hard_error(tmp_path: Path, monkeyp
     monkeypatch.setattr(sft_prepare, "load_tokenizer", lambda spec: tok)
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     with pytest.raises(DataError, match="end-of-turn token .* is never a label"):
-        ensure_shards(sft_cfg(tmp_path, data, chat_template="tokenizer"))
+        ensure_prepared(sft_cfg(tmp_path, data, chat_template="tokenizer"))
 
 
 def test_prepared_examples_are_cached_and_reused(tmp_path: Path, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD] * 5)
     cfg = sft_cfg(tmp_path, data)
-    first = ensure_shards(cfg)
+    first = ensure_prepared(cfg)
     check_manifest(first, load_tokenizer("byte"))
 
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenized a cached set")
 
     monkeypatch.setattr(sft_prepare, "prepare_sft", fail)
-    assert ensure_shards(cfg) == first
+    assert ensure_prepared(cfg) == first
     monkeypatch.undo()
     # Anything that changes ids or masks is a new cache entry: template, seq_len, train_on_prompt, data.
     for changed in (
@@ -138,9 +100,9 @@ def test_prepared_examples_are_cached_and_reused(tmp_path: Path, monkeypatch):
         sft_cfg(tmp_path, data, seq_len=64),
         sft_cfg(tmp_path, data, train_on_prompt=True),
     ):
-        assert ensure_shards(changed) != first
+        assert ensure_prepared(changed) != first
     write_jsonl(data, [GOOD] * 6)
-    assert ensure_shards(cfg) != first
+    assert ensure_prepared(cfg) != first
 
 
 def test_alpaca_demo_accounts_for_every_example(tmp_path: Path, shared_data: Path):
@@ -151,7 +113,7 @@ def test_alpaca_demo_accounts_for_every_example(tmp_path: Path, shared_data: Pat
         seq_len=256,
         val_fraction=0.05,
     )
-    folder = ensure_shards(cfg)
+    folder = ensure_prepared(cfg)
     manifest = json.loads((folder / MANIFEST).read_text())
     audit = manifest["audit"]
     assert audit["examples_read"] == 999

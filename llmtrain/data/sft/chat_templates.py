@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.formats import Conversation, Message
+from llmtrain.data.sft.formats import Conversation, Message
 
 # A piece of a rendered conversation: text to tokenize, or a token id.
 Piece = str | int
@@ -121,13 +122,28 @@ class ChatTemplate:
         return list(dict.fromkeys(ids))
 
 
+# Written next to a run's tokenizer (and so copied into every export): which template and system
+# prompt the model was fine-tuned with, so `launch/generate.py` formats prompts the same way.
+CHAT_SETTINGS_FILE = "llmtrain_chat.json"
+
+
+def save_chat_settings(folder: Path, chat_template: str, system_prompt: str | None) -> None:
+    payload = {"chat_template": chat_template, "system_prompt": system_prompt}
+    (Path(folder) / CHAT_SETTINGS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load_chat_settings(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / CHAT_SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def resolve_chat_template(name: str, tokenizer: Any, system_prompt: str | None = None) -> ChatTemplate:
-    """`data.chat_template` for this tokenizer: auto = its own template when it has one, else chatml."""
+    """`data.sft.chat_template` for this tokenizer: auto = its own template when it has one, else chatml."""
     own = getattr(tokenizer, "chat_template", None)
     if name == "tokenizer" or (name == "auto" and own):
         if not own:
             raise DataError(
-                "data.chat_template=tokenizer but the tokenizer has no chat_template; choose one of "
+                "data.sft.chat_template=tokenizer but the tokenizer has no chat_template; choose one of "
                 f"{', '.join(NAMED_TEMPLATES)} (or auto)"
             )
         return TokenizerTemplate(tokenizer, system_prompt)
@@ -145,7 +161,7 @@ class NamedTemplate(ChatTemplate):
     def __init__(self, name: str, tokenizer: Any, system_prompt: str | None = None) -> None:
         if name not in NAMED_TEMPLATES:
             raise DataError(
-                f"data.chat_template={name!r} is unknown; choose one of {', '.join(NAMED_TEMPLATES)}"
+                f"data.sft.chat_template={name!r} is unknown; choose one of {', '.join(NAMED_TEMPLATES)}"
             )
         self.name = name
         self.spec = NAMED_TEMPLATES[name]
@@ -272,7 +288,7 @@ class TokenizerTemplate(ChatTemplate):
         except Exception as exc:  # Jinja raise_exception / TemplateError / KeyError inside the template
             raise DataError(
                 f"{where}: the tokenizer's chat template rejected the conversation ({exc}). If it needs a "
-                "system message the data lacks, set data.system_prompt; or pick data.chat_template="
+                "system message the data lacks, set data.sft.system_prompt; or pick data.sft.chat_template="
                 f"{'|'.join(NAMED_TEMPLATES)}"
             ) from exc
 
@@ -303,7 +319,7 @@ class TokenizerTemplate(ChatTemplate):
                 raise TemplateError(
                     f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
                     "(a longer prefix changes earlier text), so assistant replies cannot be located; set "
-                    f"data.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
+                    f"data.sft.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
                 )
             segments.append(Segment(self._ids(prompt[len(done) :]), False))
             reply = self._ids(full[len(prompt) :])

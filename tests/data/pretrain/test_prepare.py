@@ -12,14 +12,15 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import llmtrain.data.prepare as prepare
+import llmtrain.data.pretrain.prepare as prepare
 from llmtrain.config import DataConfig
+from llmtrain.data.cache import check_manifest, shard_dtype
 from llmtrain.data.errors import DataError
-from llmtrain.data.prepare import check_manifest, ensure_shards, prepare_shards, shard_dtype
+from llmtrain.data.pretrain.prepare import ensure_shards, prepare_shards
 from llmtrain.data.shards import TokenShards
-from llmtrain.data.tokenizer import load_tokenizer
+from llmtrain.data.tokenizer.load import load_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from llmtrain.data.synthetic import generate_documents
+from llmtrain.data.pretrain.synthetic import generate_documents
 
 
 def test_same_seed_same_corpus_other_seed_other_corpus():

@@ -8,7 +8,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from llmtrain.data.errors import DataError
-from llmtrain.data.tokenizer import load_tokenizer, tokenizer_identity
+from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 TRICKY = [
     "Hello world!  This is  a test.\n\nNew para  ünïcödé 🤖 17 + 25 = 42.",

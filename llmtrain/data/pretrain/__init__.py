@@ -1,0 +1,1 @@
+"""Pretraining: raw documents -> tokenized shards -> fixed-length windows."""

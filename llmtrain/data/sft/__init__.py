@@ -1,0 +1,1 @@
+"""SFT: rows -> conversations -> chat-templated ids with loss masks -> (packed) training rows."""
