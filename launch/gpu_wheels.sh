@@ -29,6 +29,8 @@
 #              --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
 #              bash launch/gpu_check.sh
 # (the command is one line; gpu_check.sh writes into $OUT and ends inside its own 8-minute budget).
+# The device tool sends the checkout the calling session started in, a helper's worktree never:
+# merge this branch there and run this script in that checkout, so launch/ and .whl/ both travel.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
