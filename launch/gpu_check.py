@@ -353,7 +353,9 @@ def check_packed(_: argparse.Namespace) -> int:
         if not ok:
             return report("FAIL", f"{label}: packed vs alone differ by {diff:.3g} (a leak makes {leak:.3g}); "
                                   f"finite={finite}", **figures)  # fmt: skip
-    summary = ", ".join(f"{k} max|d| {figures[k]['max_abs_diff_packed_vs_alone']:.2g}" for k, _ in dtypes)
+    summary = ", ".join(
+        f"{k} max abs diff {figures[k]['max_abs_diff_packed_vs_alone']:.2g}" for k, _ in dtypes
+    )
     return report("PASS", f"packed == alone on {dev.type} SDPA ({summary}; leak control "
                           f"{figures['fp32']['max_abs_diff_without_masking']:.2g})", **figures)  # fmt: skip
 
@@ -416,12 +418,12 @@ def check_export(args: argparse.Namespace) -> int:
     if args.reference:
         other = AutoModelForCausalLM.from_pretrained(args.reference, dtype=torch.float32).to(dev).eval()
         figures["max_abs_diff_vs_reference_export"] = (_logits(other, ids) - logits).abs().max().item()
-    failed = [f"{name}: max|d| {d:.3g} > {tol:g}" for name, d, tol in checks if d > tol]
+    failed = [f"{name}: max abs diff {d:.3g} > {tol:g}" for name, d, tol in checks if d > tol]
     if failed:
         return report("FAIL", "; ".join(failed), **figures)
-    done = ", ".join(f"{name} max|d| {d:.2g}" for name, d, _ in checks) or "finite logits"
+    done = ", ".join(f"{name} max abs diff {d:.2g}" for name, d, _ in checks) or "finite logits"
     if "max_abs_diff_vs_reference_export" in figures:
-        done += f"; vs the single run's export max|d| {figures['max_abs_diff_vs_reference_export']:.2g} (reported)"
+        done += f"; vs the single run's export max abs diff {figures['max_abs_diff_vs_reference_export']:.2g} (reported)"
     return report("PASS", f"reloaded with transformers on {dev.type}: {done}", **figures)
 
 
