@@ -234,9 +234,9 @@ def check_nonfinite(_: argparse.Namespace) -> int:
     import torch
 
     try:
-        from llmtrain.strategy.base import torch_optimizer_step
+        from llmtrain.strategy.torch_engine import torch_optimizer_step
     except ImportError as exc:
-        return report("SKIP", f"llmtrain.strategy.base.torch_optimizer_step not importable ({exc}); "
+        return report("SKIP", f"llmtrain.strategy.torch_engine.torch_optimizer_step not importable ({exc}); "
                               "point this check at its new place")  # fmt: skip
     dev = device()
     figures: dict[str, Any] = {"device": dev.type}
