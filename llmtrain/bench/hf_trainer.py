@@ -97,7 +97,7 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
-            per_device_train_batch_size=cfg.trainer.micro_batch_size,
+            per_device_train_batch_size=cfg.trainer.micro_batch_for(dist.world_size),
             gradient_accumulation_steps=accum,
             max_steps=warmup + steps + 1,
             learning_rate=cfg.optim.lr,

@@ -124,7 +124,9 @@ class TrainerConfig:
     max_steps: int = 300
     # Sequences per optimizer step across all ranks = micro × accumulation × data-parallel size.
     global_batch_size: int = 16
-    micro_batch_size: int = 16
+    # Sequences per forward on each rank. None: global_batch_size / (data-parallel size ×
+    # grad_accum_steps, default 1), so the same command runs on any number of ranks that divides it.
+    micro_batch_size: int | None = None
     # None: derived from global_batch_size / (micro_batch_size × data-parallel size).
     grad_accum_steps: int | None = None
     # fp32, or bf16/fp16 autocast over fp32 master weights (fp16 adds dynamic loss scaling).
@@ -151,8 +153,14 @@ class TrainerConfig:
         require(self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
         one_of(self.precision, "trainer.precision", PRECISIONS)
         one_of(self.device, "trainer.device", ("auto", "cpu", "cuda"))
-        for key in ("global_batch_size", "micro_batch_size", "log_every", "save_every", "keep_last"):
+        for key in ("global_batch_size", "log_every", "save_every", "keep_last"):
             require(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
+        if self.micro_batch_size is not None:
+            require(
+                self.micro_batch_size > 0,
+                "trainer.micro_batch_size",
+                f"must be > 0 or null, got {self.micro_batch_size}",
+            )
         require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0, got {self.eval_every}")
         require(
             self.sample_max_new_tokens > 0,
@@ -167,19 +175,33 @@ class TrainerConfig:
                 f"must be > 0, got {self.grad_accum_steps}",
             )
 
+    def micro_batch_for(self, dp_size: int) -> int:
+        """`micro_batch_size`, or when null global / (dp × grad_accum_steps or 1)."""
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
+        accum = self.grad_accum_steps or 1
+        if self.global_batch_size % (dp_size * accum):
+            raise ConfigError(
+                f"trainer.global_batch_size={self.global_batch_size} is not divisible by data-parallel size "
+                f"{dp_size} × trainer.grad_accum_steps={accum}; set trainer.micro_batch_size, or a global "
+                "batch that the number of ranks divides"
+            )
+        return self.global_batch_size // (dp_size * accum)
+
     def grad_accum_for(self, dp_size: int) -> int:
         """Accumulation steps that make micro × accumulation × dp equal the global batch."""
-        per_step = self.micro_batch_size * dp_size
+        micro = self.micro_batch_for(dp_size)
+        per_step = micro * dp_size
         if self.global_batch_size % per_step:
             raise ConfigError(
                 f"trainer.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"trainer.micro_batch_size={self.micro_batch_size} × data-parallel size {dp_size}"
+                f"trainer.micro_batch_size={micro} × data-parallel size {dp_size}"
             )
         accum = self.global_batch_size // per_step
         if self.grad_accum_steps is not None and self.grad_accum_steps != accum:
             raise ConfigError(
                 f"trainer.grad_accum_steps={self.grad_accum_steps} contradicts global_batch_size="
-                f"{self.global_batch_size} / (micro_batch_size={self.micro_batch_size} × dp={dp_size}) = {accum}; "
+                f"{self.global_batch_size} / (micro_batch_size={micro} × dp={dp_size}) = {accum}; "
                 "set one of them to null"
             )
         return accum

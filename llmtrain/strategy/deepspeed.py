@@ -79,7 +79,7 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dic
     if strat.offload_params:  # stage 3 only: checked by the schema
         zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     generated: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
+        "train_micro_batch_size_per_gpu": trainer.micro_batch_for(dp_size),
         "gradient_accumulation_steps": trainer.grad_accum_for(dp_size),
         "train_batch_size": trainer.global_batch_size,
         # 0 disables clipping in DeepSpeed too; its clip coefficient matches clip_grad_norm_'s.

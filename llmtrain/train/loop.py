@@ -53,20 +53,23 @@ def train(cfg: TrainConfig) -> TrainResult:
     stop = StopRequest().install((signal.SIGUSR1,))
     try:
         dist = init_distributed(cfg.trainer.device, cfg.dist.timeout_s)
+        # Before any work: every strategy here is data parallel over all ranks.
+        cfg.trainer.grad_accum_for(dist.world_size)
         try:
-            return _train(cfg, dist, stop)
+            with RunDir.resolve(cfg).locked() as run_dir:
+                return _train(cfg, dist, stop, run_dir)
         finally:
             destroy()
     finally:
         stop.uninstall()
 
 
-def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest) -> TrainResult:
+def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir) -> TrainResult:
     trainer = cfg.trainer
-    run_dir = RunDir.resolve(cfg)
+    setup_logging()  # the console only: a refused resume leaves no trace in the run directory
+    resume_from = resume_point(run_dir.path, cfg)
     setup_logging(run_dir.path)
     log.info("run directory: %s", run_dir.path)
-    resume_from = resume_point(run_dir.path, cfg)
     run_dir.write_config(cfg)
     data = prepare_data(cfg)
     run_dir.save_tokenizer(data.tokenizer, cfg.data)
@@ -159,7 +162,7 @@ def _log_batch(cfg: TrainConfig, strategy: Strategy, accum: int) -> None:
     log.info(
         "batch: global %d = micro %d × accumulation %d × data-parallel %d; seq_len %d; strategy %s",
         cfg.trainer.global_batch_size,
-        cfg.trainer.micro_batch_size,
+        cfg.trainer.micro_batch_for(strategy.dp_size),
         accum,
         strategy.dp_size,
         cfg.data.seq_len,

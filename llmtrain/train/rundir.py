@@ -6,8 +6,10 @@ and the writes that must happen once per job, so the loop never checks ranks its
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from llmtrain.checkpoint import layout
 from llmtrain.config import DataConfig, TrainConfig, to_yaml
 from llmtrain.data import save_chat_settings
 from llmtrain.dist import broadcast_object, is_main_process
+from llmtrain.train.rundir_lock import RunDirInUse, RunDirLock
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -41,6 +44,25 @@ class RunDir:
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> RunDir:
         return cls(resolve_run_dir(cfg))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the run directory's lock for the block (rank 0 takes it; every rank learns whether
+        it got it, so a refused run fails on all ranks at once instead of timing out)."""
+        lock, error = None, None
+        if is_main_process():
+            try:
+                lock = RunDirLock(self.path).acquire()
+            except RunDirInUse as exc:
+                error = str(exc)
+        error = broadcast_object(error)
+        if error is not None:
+            raise RunDirInUse(error)
+        try:
+            yield self
+        finally:
+            if lock is not None:
+                lock.release()
 
     @property
     def tokenizer_dir(self) -> Path:

@@ -55,7 +55,7 @@ def build_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy, start_
         cfg.data,
         shards_dir,
         global_batch_size=cfg.trainer.global_batch_size,
-        micro_batch_size=cfg.trainer.micro_batch_size,
+        micro_batch_size=cfg.trainer.micro_batch_for(strategy.dp_size),
         dp_rank=strategy.dp_rank,
         dp_size=strategy.dp_size,
         seed=cfg.trainer.seed,
@@ -64,7 +64,7 @@ def build_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy, start_
     val_loader = build_val_loader(
         cfg.data,
         shards_dir,
-        micro_batch_size=cfg.trainer.micro_batch_size,
+        micro_batch_size=cfg.trainer.micro_batch_for(strategy.dp_size),
         dp_rank=strategy.dp_rank,
         dp_size=strategy.dp_size,
         max_batches=cfg.trainer.eval_batches,

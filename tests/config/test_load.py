@@ -75,6 +75,19 @@ def test_a_plus_key_the_schema_lacks_fails_like_a_typo_instead_of_being_dropped(
 
 
 def test_plus_keys_inside_free_form_dicts_are_kept():
-    cfg = load_config(["+strategy.deepspeed.config.steps_per_print=7", "+data.fields.instruction=prompt"])
+    cfg = load_config(["+strategy.deepspeed.config.steps_per_print=7", "+data.sft.fields.instruction=prompt"])
     assert cfg.strategy.deepspeed.config == {"steps_per_print": 7}
-    assert cfg.data.fields == {"instruction": "prompt"}
+    assert cfg.data.sft.fields == {"instruction": "prompt"}
+
+
+def test_the_default_micro_batch_is_derived_so_the_same_command_runs_on_1_2_4_ranks():
+    trainer = load_config([]).trainer
+    assert [(trainer.micro_batch_for(dp), trainer.grad_accum_for(dp)) for dp in (1, 2, 4)] == [
+        (16, 1),
+        (8, 1),
+        (4, 1),
+    ]
+    with pytest.raises(ConfigError, match="not divisible by data-parallel size 3"):
+        trainer.grad_accum_for(3)
+    accumulating = load_config(["trainer.grad_accum_steps=2"]).trainer
+    assert (accumulating.micro_batch_for(2), accumulating.grad_accum_for(2)) == (4, 2)
