@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from llmtrain.checkpoint.export import export_hf
+from llmtrain.cli import run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -19,4 +20,4 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
-    print(export_hf(args.checkpoint, args.out_dir, adapter_only=args.adapter_only))
+    print(run(lambda: export_hf(args.checkpoint, args.out_dir, adapter_only=args.adapter_only)))

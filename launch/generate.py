@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from llmtrain.data.errors import DataError
+from llmtrain.cli import run
 from llmtrain.generate import run_generate
 
 if __name__ == "__main__":
@@ -36,10 +36,10 @@ if __name__ == "__main__":
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         sys.exit("give at least one prompt (or --prompts-file)")
-    try:
-        for prompt, reply in run_generate(
+    replies = run(
+        lambda: run_generate(
             args.model_dir, prompts, args.chat_template, args.system_prompt, args.max_new_tokens, args.device
-        ):
-            print(f">>> {prompt}\n{reply}\n")
-    except DataError as exc:
-        sys.exit(f"error: {exc}")
+        )
+    )
+    for prompt, reply in replies:
+        print(f">>> {prompt}\n{reply}\n")

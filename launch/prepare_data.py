@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from llmtrain.config import ConfigError, load_config
+from llmtrain.cli import run
+from llmtrain.config import load_config
 from llmtrain.data import describe, ensure_prepared
-from llmtrain.data.errors import DataError
 
 
 def _split_out(argv: list[str]) -> tuple[Path | None, list[str]]:
@@ -36,12 +36,12 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         sys.exit(__doc__)
     out, overrides = _split_out(sys.argv[1:])
-    try:
+
+    def prepare() -> None:
         data = load_config(overrides).data
         started = time.perf_counter()
         folder = ensure_prepared(data, out)
-        seconds = time.perf_counter() - started
         print(describe(data, folder))
-    except (ConfigError, DataError) as exc:
-        sys.exit(f"error: {exc}")
-    print(f"  this call took {seconds:.1f}s")
+        print(f"  this call took {time.perf_counter() - started:.1f}s")
+
+    run(prepare)

@@ -8,12 +8,9 @@ deepspeed --num_gpus 2 launch/train.py strategy=zero3   # --local_rank is stripp
 
 import sys
 
-from llmtrain.config import ConfigError, load_config
+from llmtrain.cli import run
+from llmtrain.config import load_config
 from llmtrain.train.loop import train
 
 if __name__ == "__main__":
-    try:
-        cfg = load_config(sys.argv[1:])
-    except ConfigError as exc:
-        sys.exit(f"config error: {exc}")
-    train(cfg)
+    run(lambda: train(load_config(sys.argv[1:])))

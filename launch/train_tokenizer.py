@@ -5,10 +5,9 @@ python launch/prepare_data.py data=tinyshakespeare data.tokenizer=tok/shakespear
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from llmtrain.data.errors import DataError
+from llmtrain.cli import run
 from llmtrain.data.tokenizer.train import MODEL_TYPES, train_sentencepiece
 
 if __name__ == "__main__":
@@ -23,8 +22,7 @@ if __name__ == "__main__":
     parser.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet rows")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
     args = parser.parse_args()
-    try:
-        model = train_sentencepiece(args.input, args.vocab_size, args.out, args.text_field, args.model_type)
-    except DataError as exc:
-        sys.exit(f"error: {exc}")
+    model = run(
+        lambda: train_sentencepiece(args.input, args.vocab_size, args.out, args.text_field, args.model_type)
+    )
     print(model)

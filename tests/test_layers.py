@@ -21,7 +21,7 @@ LAYERS = [
     {"strategy"},
     {"checkpoint", "tracking"},
     {"train", "generate"},
-    {"bench"},
+    {"bench", "cli"},
 ]
 FORBIDDEN = {
     ("model", "data"),

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmtrain.checkpoint import layout
+from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import from_yaml
 from llmtrain.model.lora import is_lora_state, load_lora_model, merged_state_dict
 from llmtrain.strategy import strategy_class
@@ -43,7 +44,7 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
             return out_dir
         weights = merged_state_dict(config, weights, lora)
     elif adapter_only:
-        raise ValueError(
+        raise CheckpointError(
             f"{ckpt} holds no LoRA adapter (model.lora.r was 0); export it without --adapter-only"
         )
     if config.tie_word_embeddings:

@@ -16,6 +16,7 @@ import torch
 
 from llmtrain.checkpoint import layout
 from llmtrain.checkpoint.compat import check_resume_compatible
+from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
 from llmtrain.dist import barrier, broadcast_object, is_main_process
 from llmtrain.strategy.base import Strategy
@@ -95,13 +96,13 @@ def load_checkpoint(ckpt: Path, strategy: Strategy) -> dict[str, Any]:
         "(new run.dir) from model.pretrained=OUT (optimizer state restarts)"
     )
     if meta.strategy != strategy.name:
-        raise RuntimeError(
+        raise CheckpointError(
             f"{ckpt} was written by strategy {meta.strategy!r} but this run uses {strategy.name!r}; "
             + export_recipe
         )
     world = strategy.dist.world_size
     if meta.world_size != world and not strategy.reshards:
-        raise RuntimeError(
+        raise CheckpointError(
             f"{ckpt} was written by {meta.world_size} {strategy.name} ranks, this run has {world}: "
             f"{strategy.name} cannot reshard its checkpoint here. Resume on {meta.world_size} ranks, or "
             + export_recipe

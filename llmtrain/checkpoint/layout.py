@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtrain.checkpoint.errors import CheckpointNotFound
+
 # In the run directory.
 RUN_CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -152,7 +154,7 @@ def resolve_checkpoint(path: Path) -> Path:
         return path
     found = latest_checkpoint(path)
     if found is None:
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"{path} is neither a checkpoint folder (no {TRAINER_STATE}) nor a run directory with a "
             f"complete checkpoint under {CHECKPOINTS}/"
         )

@@ -122,9 +122,20 @@ class DataConfig:
             0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
         )
         require(self.shard_tokens > 0, "data.shard_tokens", f"must be > 0, got {self.shard_tokens}")
-        if (self.sft.format if self.kind == "sft" else self.format) != "synthetic":
+        source_format = self.sft.format if self.kind == "sft" else self.format
+        format_key = "data.sft.format" if self.kind == "sft" else "data.format"
+        if source_format != "synthetic":
             require(
                 self.path is not None or self.shards_dir is not None,
                 "data.path",
                 "is required (a file, directory, glob or hf:NAME) unless data.shards_dir is set",
+            )
+        else:
+            # Generated data reads no file: a path given anyway would be silently ignored.
+            require(
+                self.path is None,
+                "data.path",
+                f"is set ({self.path}) but data={self.name} generates its data ({format_key}=synthetic) "
+                "and would ignore it; pick a data group that reads files (data=tinyshakespeare, c4_demo, "
+                f"alpaca_demo, ...) or set {format_key} to the file's format",
             )

@@ -120,6 +120,10 @@ def _explain(exc: BaseException, overrides: Sequence[str]) -> str:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
     text = " | ".join(str(e).strip().splitlines()[0] for e in chain if str(e).strip())
+    options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)+)", "\n".join(str(e) for e in chain))
+    if options:  # a group option that does not exist: say which ones do
+        names = ", ".join(line.strip() for line in options.group(2).splitlines() if line.strip())
+        text += f"; available options in '{options.group(1)}': {names}"
     full_key = next((getattr(e, "full_key", None) for e in chain if getattr(e, "full_key", None)), None)
     missing = re.search(r"Key '([^']+)' not in '(\w+)'", " ".join(str(e) for e in chain))
     if missing is None:

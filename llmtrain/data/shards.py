@@ -45,9 +45,16 @@ class TokenShards:
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_tokens = int(self._starts[-1])
         self.num_docs = int(info["num_docs"])
-        for f in self._files:
+        for f, count in zip(self._files, counts):
             if not f.is_file():
                 raise DataError(f"shard file {f} listed in {self.shards_dir / MANIFEST} is missing")
+            expected = int(count) * self.dtype.itemsize
+            if f.stat().st_size != expected:
+                raise DataError(
+                    f"shard file {f} has {f.stat().st_size:,} bytes but {self.shards_dir / MANIFEST} says "
+                    f"{int(count):,} {self.dtype.name} tokens ({expected:,} bytes): it was truncated or "
+                    "overwritten; delete the folder and prepare it again (launch/prepare_data.py)"
+                )
         self._maps: list[np.ndarray] | None = None
         self._ends: list[np.ndarray] | None = None
         self._doc_ends: np.ndarray | None = None

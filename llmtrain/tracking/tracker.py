@@ -47,9 +47,20 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a jsonl file; a torn last line (a crash mid-write) is dropped with a warning,
+    a bad line elsewhere is an error naming it."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not a JSON object ({exc}); fix or delete that line") from exc
+            log.warning("%s:%d: dropped a torn last line (the previous process died writing it)", path, n)
+    return records
 
 
 class Tracker:

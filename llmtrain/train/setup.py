@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-from llmtrain.config import TrainConfig
+from llmtrain.config import ConfigError, TrainConfig
 from llmtrain.data import check_manifest, ensure_prepared
+from llmtrain.data.errors import DataError
 from llmtrain.data.loader import build_train_loader, build_val_loader
 from llmtrain.data.tokenizer.load import load_tokenizer
-from llmtrain.dist import DistInfo, barrier, is_main_process
+from llmtrain.dist import DistInfo, broadcast_object, is_main_process
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.optim.schedule import lr_lambda
@@ -29,10 +30,17 @@ class RunData:
 def prepare_data(cfg: TrainConfig) -> RunData:
     """Tokenizer and shards; rank 0 prepares missing shards while the other ranks wait."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    shards_dir = ensure_prepared(cfg.data) if is_main_process() else None
+    shards_dir, error = None, None
+    if is_main_process():
+        try:
+            shards_dir = ensure_prepared(cfg.data)
+        except (ConfigError, DataError) as exc:  # every rank fails with it, not only rank 0
+            error = exc
     # The other ranks wait in a collective bounded by dist.timeout_s: a corpus (or SFT set) that
     # takes longer to tokenize fails them with a timeout. Prepare big ones with launch/prepare_data.py.
-    barrier()
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
     shards_dir = shards_dir or ensure_prepared(cfg.data)
     return RunData(tokenizer, shards_dir, check_manifest(shards_dir, tokenizer))
 

@@ -91,3 +91,10 @@ def test_the_default_micro_batch_is_derived_so_the_same_command_runs_on_1_2_4_ra
         trainer.grad_accum_for(3)
     accumulating = load_config(["trainer.grad_accum_steps=2"]).trainer
     assert (accumulating.micro_batch_for(2), accumulating.grad_accum_for(2)) == (4, 2)
+
+
+def test_an_unknown_group_option_lists_the_options_that_exist():
+    with pytest.raises(
+        ConfigError, match="available options in 'strategy': fsdp, single, zero1, zero2, zero3"
+    ):
+        load_config(["strategy=zero4"])

@@ -60,3 +60,13 @@ def test_pickled_shards_reopen_lazily_and_read_the_same(many_shards):
     assert clone._maps is None  # memory maps are reopened in the new process, not shipped
     assert np.array_equal(clone.read(10, 200), before)
     assert len(pickle.dumps(s)) < 4096
+
+
+def test_a_truncated_shard_fails_naming_the_file_and_both_sizes(many_shards):
+    from llmtrain.data.errors import DataError
+
+    shards_dir, _ = many_shards
+    shard = sorted((shards_dir / "train").glob("shard_*.bin"))[3]
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(DataError, match=rf"{shard.name} has .* bytes but .*manifest.json says .* truncated"):
+        TokenShards(shards_dir, "train")

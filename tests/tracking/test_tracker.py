@@ -109,3 +109,14 @@ def test_rank_other_than_zero_writes_nothing_and_opens_no_wandb_run(tmp_path, wa
     tracker.summary({"step": 1})
     tracker.close()
     assert list(run_dir.iterdir()) == []
+
+
+def test_a_torn_last_line_of_metrics_jsonl_is_dropped_with_a_warning_not_a_crash(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # died mid-write
+    tracker = Tracker(_cfg(run_dir), run_dir, resume_step=1)
+    tracker.log({"step": 2, "loss": 1.5})
+    tracker.close()
+    assert [m["step"] for m in _jsonl(run_dir / METRICS_FILE)] == [1, 2]
+    assert "dropped a torn last line" in caplog.text

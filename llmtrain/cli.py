@@ -1,0 +1,53 @@
+"""How the entry points in `launch/` report a failure: one clear line, once per job.
+
+Errors that say what the user got wrong (a config key, a data file, a checkpoint, a run directory
+in use) exit with status 2 and the message alone, printed by rank 0 only; the other ranks exit
+quietly with the same status. `LLMTRAIN_DEBUG=1` re-raises them with the full traceback. Anything
+else is a bug (or an environment failure) and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from llmtrain.checkpoint.errors import CheckpointError
+from llmtrain.config import ConfigError
+from llmtrain.data.errors import DataError
+from llmtrain.dist import env_ranks
+from llmtrain.train.rundir_lock import RunDirInUse
+
+T = TypeVar("T")
+USAGE_ERROR = 2
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunDirInUse)
+
+
+def _label(exc: BaseException) -> str:
+    return "config error" if isinstance(exc, ConfigError) else "error"
+
+
+def run(main: Callable[[], T]) -> T:
+    """`main()`, with user errors turned into one line and exit status 2."""
+    try:
+        return main()
+    except USER_ERRORS as exc:
+        _exit(f"{_label(exc)}: {exc}", exc)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        _exit(
+            f"error: no space left on the device{where}; free space or point run.dir / data.cache_dir elsewhere",
+            exc,
+        )
+
+
+def _exit(message: str, exc: BaseException) -> None:
+    if os.environ.get("LLMTRAIN_DEBUG") == "1":
+        raise exc
+    if env_ranks()[0] == 0:
+        print(message, file=sys.stderr)
+    sys.exit(USAGE_ERROR)
