@@ -77,6 +77,28 @@ class IntervalMeter:
         self.tokens += sum(real_tokens(mb) for mb in micro_batches)
         self.data_seconds += data_seconds
 
+    def snapshot(self) -> dict[str, float]:
+        """The interval so far, summed over ranks (a collective), for a checkpoint to carry."""
+        totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens])).tolist()
+        return {
+            "loss": totals[0],
+            "labels": totals[1],
+            "tokens": totals[2],
+            "steps": self.steps,
+            "seconds": time.perf_counter() - self.start,
+            "data_seconds": self.data_seconds,
+        }
+
+    def restore(self, snapshot: dict[str, float], is_main: bool) -> None:
+        """Continue the interval a checkpoint carried. The sums go to one rank only (the others
+        start at zero), so the next read's all-reduce counts them once."""
+        if is_main:
+            self.loss.fill_(snapshot["loss"]), self.labels.fill_(snapshot["labels"])
+            self.tokens.fill_(snapshot["tokens"])
+        self.steps = int(snapshot["steps"])
+        self.data_seconds = snapshot["data_seconds"]
+        self.start = time.perf_counter() - snapshot["seconds"]
+
     def read(self) -> Interval:
         totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens]))
         seconds = time.perf_counter() - self.start

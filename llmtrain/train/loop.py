@@ -23,6 +23,7 @@ from llmtrain.dist import DistInfo, all_reduce_max_host, destroy, init_distribut
 from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.throughput import IntervalMeter, mfu_peak_flops
 from llmtrain.model.flops import flops_per_token
+from llmtrain.optim.schedule import LRSchedule
 from llmtrain.strategy import Strategy
 from llmtrain.strategy.base import StepResult
 from llmtrain.tracking.console import setup_logging
@@ -75,11 +76,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     run_dir.save_tokenizer(data.tokenizer, cfg.data)
     _log_data(data)
 
-    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer))
+    schedule = LRSchedule(cfg.sched, trainer.max_steps)
+    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer), schedule)
     state = TrainState()
     if resume_from is not None:
         state = TrainState.from_dict(load_checkpoint(resume_from, strategy))
         log.info("resumed from %s at step %d (%s tokens)", resume_from, state.step, f"{state.tokens:,}")
+        schedule.resume(state.schedule, state.step, trainer.max_steps)
+    state.schedule = schedule.to_dict()
     accum = trainer.grad_accum_for(strategy.dp_size)
     train_loader, val_loader = build_loaders(cfg, data.shards_dir, strategy, state.step)
     _log_batch(cfg, strategy, accum)
@@ -93,12 +97,15 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
         mfu_peak_flops(dist.device, trainer.precision, cfg.model.dtype, dist.world_size),
     )
+    if state.interval:
+        meter.restore(state.interval, dist.is_main)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
     stop_reason = f"reached trainer.max_steps={trainer.max_steps}"
     last_ckpt, val_loss = resume_from, None
 
     def checkpoint() -> Path:
+        state.interval = meter.snapshot()
         return save_checkpoint(run_dir.path, strategy, state.to_dict(), cfg)
 
     data_iter = iter(train_loader)

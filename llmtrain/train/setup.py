@@ -16,7 +16,7 @@ from llmtrain.data.tokenizer.load import load_tokenizer
 from llmtrain.dist import DistInfo, broadcast_object, is_main_process
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import CausalLMLoss
-from llmtrain.optim.schedule import lr_lambda
+from llmtrain.optim.schedule import LRSchedule
 from llmtrain.strategy import Strategy, build_strategy
 
 
@@ -45,14 +45,18 @@ def prepare_data(cfg: TrainConfig) -> RunData:
     return RunData(tokenizer, shards_dir, check_manifest(shards_dir, tokenizer))
 
 
-def build_model_and_strategy(cfg: TrainConfig, dist: DistInfo, vocab_size: int) -> Strategy:
+def build_model_and_strategy(
+    cfg: TrainConfig, dist: DistInfo, vocab_size: int, schedule: LRSchedule | None = None
+) -> Strategy:
+    """The model wrapped by its strategy, stepping `schedule` (default: planned over max_steps)."""
     # Same seed on every rank: identical initial weights everywhere (sharded engines rely on it).
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, vocab_size, dist.device)
     strategy = build_strategy(cfg, dist)
+    schedule = schedule or LRSchedule(cfg.sched, cfg.trainer.max_steps)
     strategy.setup(
         CausalLMLoss(model, cfg.data.document_masking, cfg.model.loss_chunk_tokens, cfg.model.compile),
-        lr_lambda(cfg.sched, cfg.trainer.max_steps),
+        schedule.lr_lambda(),
     )
     return strategy
 

@@ -24,6 +24,11 @@ class TrainState:
     nonfinite_streak: int = 0
     skipped_steps: int = 0
     wandb_run_id: str | None = None
+    # The LR schedule's plan (`LRSchedule.to_dict`): its warmup and any re-plans of an extended run.
+    schedule: dict[str, Any] | None = None
+    # The unlogged part of the current logging interval, summed over ranks (`IntervalMeter.snapshot`):
+    # after a resume the first logged line covers the same steps as in an uninterrupted run.
+    interval: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +38,8 @@ class TrainState:
             "nonfinite_streak": self.nonfinite_streak,
             "skipped_steps": self.skipped_steps,
             "wandb_run_id": self.wandb_run_id,
+            "schedule": self.schedule,
+            "interval": self.interval,
             # The data position is the step: the sampler's order is a function of (seed, step).
             "data": {"next_step": self.step},
         }
@@ -47,6 +54,8 @@ class TrainState:
             nonfinite_streak=d.get("nonfinite_streak", 0),
             skipped_steps=d.get("skipped_steps", 0),
             wandb_run_id=d.get("wandb_run_id"),
+            schedule=d.get("schedule"),
+            interval=d.get("interval"),
         )
 
 

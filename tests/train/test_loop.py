@@ -130,3 +130,74 @@ def test_keep_last_prunes_old_checkpoints_and_latest_points_at_the_newest(workdi
     ckpts = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == [f"step_{3 * N - 2:06d}", f"step_{3 * N:06d}"]
     assert (result.run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{3 * N:06d}"
+
+
+def _stop_with_sigterm_at_step(monkeypatch, step: int) -> None:
+    """SIGTERM delivered during global step `step` exactly (the loop stops after that step)."""
+    import llmtrain.train.loop as loop
+
+    real, calls = loop.train_step, []
+
+    def train_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+
+
+def test_the_first_logged_interval_after_a_resume_covers_the_same_steps_as_uninterrupted(
+    workdir, monkeypatch
+):
+    """log_every=4 and a stop at step 6: the line at step 8 averages steps 5-8 in both runs (it
+    used to average 7-8 after the resume), and the tokens counter agrees too."""
+    every = {"trainer.log_every": 4, "trainer.max_steps": 12}
+    full = train(load_config(overrides(workdir, "interval_full", **every)))
+    with monkeypatch.context() as m:
+        _stop_with_sigterm_at_step(m, 6)
+        first = train(load_config(overrides(workdir, "interval_resumed", **every)))
+    assert first.step == 6 and "SIGTERM" in first.stop_reason
+    train(load_config(overrides(workdir, "interval_resumed", **every)))
+    uninterrupted, resumed = metrics(full.run_dir), metrics(workdir / "interval_resumed")
+    by_step = {m["step"]: m for m in resumed if "loss" in m}
+    for row in (m for m in uninterrupted if "loss" in m):
+        assert by_step[row["step"]]["loss"] == row["loss"], row["step"]
+        assert by_step[row["step"]]["tokens"] == row["tokens"], row["step"]
+
+
+def test_extending_max_steps_on_resume_does_not_re_enter_warmup(workdir):
+    """10 steps planned with a warmup longer than the run (clamped to 10), then extended to 20: the
+    LR never rises again after the resume (it went 1.0e-3 -> 8.0e-4 -> 1.0e-3 before)."""
+    base = {"trainer.max_steps": 10, "sched.warmup_steps": 20, "sched": "cosine"}
+    train(load_config(overrides(workdir, "extended", **base)))
+    train(load_config(overrides(workdir, "extended", **{**base, "trainer.max_steps": 20})))
+    lrs = [m["lr"] for m in metrics(workdir / "extended") if "lr" in m and m["step"] >= 10]
+    assert len(lrs) == 11 and all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+
+
+@pytest.mark.parametrize(
+    ("override", "why"),
+    [
+        ({"optim.lr": 3e-4}, "the optimizer and LR schedule"),
+        ({"data.val_fraction": 0.2}, "train/validation split"),
+    ],
+)
+def test_a_resume_that_would_not_apply_a_key_refuses_and_writes_nothing(
+    workdir, uninterrupted, override, why
+):
+    """optim.lr used to be recorded in config.yaml but ignored (the schedule came from the
+    checkpoint); data.val_fraction moved documents between the splits. Both now refuse, and the
+    refused start leaves the run directory as it was."""
+
+    def files() -> dict:  # the lock file alone is touched: it names the last holder
+        return {
+            p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file() and p.name != ".lock"
+        }
+
+    before = files()
+    cfg = load_config(overrides(workdir, "full", **{**override, "trainer.max_steps": 4 * N}))
+    key = next(iter(override))
+    with pytest.raises(ConfigError, match=rf"{key}: checkpoint has .*\(.*{why}"):
+        train(cfg)
+    assert files() == before
