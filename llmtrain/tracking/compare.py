@@ -135,7 +135,12 @@ def compare_table(runs: list[RunRecord]) -> str:
 
 def plot_metric(runs: list[RunRecord], path: str | Path, metric: str = "loss") -> Path:
     """PNG of `metric` against step, one line per run (matplotlib, headless Agg backend)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit(
+            "--plot needs matplotlib: pip install -e '.[plot]' (or pip install matplotlib)"
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
