@@ -35,14 +35,30 @@ def run(main: Callable[[], T]) -> T:
         return main()
     except USER_ERRORS as exc:
         _exit(f"{_label(exc)}: {exc}", exc)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        if not is_disk_full(exc):
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
+        where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
         _exit(
-            f"error: no space left on the device{where}; free space or point run.dir / data.cache_dir elsewhere",
+            f"error: no space left on the device{where} ({str(exc).splitlines()[0][:200]}); free space, "
+            "or point run.dir / data.cache_dir at a filesystem with room",
             exc,
         )
+
+
+# How a full disk surfaces from the writers we use: OSError (ENOSPC), safetensors ("No space left
+# on device (os error 28)"), torch.save ("PytorchStreamWriter failed writing file ... unexpected pos").
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "unexpected pos", "file write failed")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _exit(message: str, exc: BaseException) -> None:

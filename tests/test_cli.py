@@ -67,3 +67,33 @@ def test_a_path_given_to_a_data_group_that_generates_its_data_is_a_config_error(
         ConfigError, match=r"data.path: is set \(/x.txt\) but data=synthetic generates its data"
     ):
         load_config(["data.path=/x.txt"])
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 3 MB tmpfs: too small for one checkpoint of the tiny model (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_it_not_a_library_traceback(tiny_filesystem, tmp_path):
+    args = [
+        f"run.dir={tiny_filesystem / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.synthetic_docs=300",
+        "data.seq_len=64",
+        "data.loader_workers=0",
+        "trainer.max_steps=2",
+        "trainer.eval_every=0",
+        "trainer.device=cpu",
+    ]
+    proc = _train(args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no space left on the device" in line
