@@ -18,6 +18,7 @@ import torch
 import torch.distributed as tdist
 
 from llmtrain.cluster.slurm import fill_rendezvous_env, in_srun_step
+from llmtrain.config import ConfigError, ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,69 @@ def ensure_process_group(device: torch.device, timeout_s: int) -> None:
     )
 
 
-def data_parallel_mesh(device: torch.device) -> Any:
-    """The 1-D device mesh over every rank that data-parallel sharding (FSDP2) runs on."""
+@dataclass(frozen=True)
+class ParallelDims:
+    """How the world splits: world = dp_replicate × dp_shard × tp, ranks laid out with tp fastest
+    (a tensor-parallel group is consecutive ranks, i.e. GPUs of one node)."""
+
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+
+    @classmethod
+    def from_config(cls, parallel: ParallelConfig, world_size: int) -> ParallelDims:
+        fixed = parallel.dp_replicate * parallel.sp * parallel.tp
+        if world_size % fixed:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by parallel.dp_replicate={parallel.dp_replicate} × "
+                f"parallel.sp={parallel.sp} × parallel.tp={parallel.tp} = {fixed}; launch a multiple of "
+                f"{fixed} ranks or lower the degrees"
+            )
+        return cls(parallel.dp_replicate, world_size // fixed, parallel.tp)
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel size: how many different batches a step trains on."""
+        return self.dp_replicate * self.dp_shard
+
+    def dp_rank(self, rank: int) -> int:
+        return rank // self.tp
+
+
+def data_parallel_mesh(device: torch.device, dims: ParallelDims | None = None) -> Any:
+    """The mesh FSDP2 shards over, and the tensor-parallel mesh (None when tp = 1).
+
+    1-D over every rank for plain FSDP; (replicate, shard) for HSDP, which FSDP2 reads as
+    "all-reduce across dim 0, reduce-scatter within dim 1"; with tp > 1 the data-parallel dims of
+    a (dp_replicate, dp_shard, tp) mesh.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device.type, (get_world_size(),))
+    if dims is None or (dims.tp == 1 and dims.dp_replicate == 1):
+        return init_device_mesh(device.type, (get_world_size(),)), None
+    names = ("dp_replicate", "dp_shard", "tp")
+    mesh = init_device_mesh(device.type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=names)
+    dp_mesh = mesh[("dp_replicate", "dp_shard")] if dims.dp_replicate > 1 else mesh["dp_shard"]
+    return dp_mesh, (mesh["tp"] if dims.tp > 1 else None)
+
+
+_dp_groups: dict[ParallelDims, Any] = {}
+
+
+def data_parallel_group(dims: ParallelDims) -> Any:
+    """This rank's data-parallel peers (the ranks of its tensor-parallel coordinate); None (the
+    whole world) without tensor parallelism. Label counts and metrics are summed over it, since
+    the ranks of one tensor-parallel group see the same batch."""
+    if dims.tp == 1 or not is_distributed():
+        return None
+    if dims not in _dp_groups:
+        rank, world = get_rank(), get_world_size()
+        # new_group is collective over the world: every rank creates every group, in the same order.
+        for t in range(dims.tp):
+            group = tdist.new_group([r for r in range(world) if r % dims.tp == t])
+            if rank % dims.tp == t:
+                _dp_groups[dims] = group
+    return _dp_groups[dims]
 
 
 def is_distributed() -> bool:
@@ -148,10 +207,10 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (no-op alone); returns the tensor for chaining."""
+def all_reduce_sum(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """In-place sum over the ranks of `group` (default: all; no-op alone); returns the tensor."""
     if is_distributed():
-        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM, group=group)
     return t
 
 
@@ -183,5 +242,6 @@ def all_reduce_max_host(value: int) -> int:
 def destroy() -> None:
     global _host_group
     _host_group = None
+    _dp_groups.clear()
     if is_distributed():
         tdist.destroy_process_group()

@@ -54,7 +54,7 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
     flops_tok = flops_per_token(strategy.hf_model.config, cfg.data.seq_len)
     peak = mfu_peak_flops(dist.device, cfg.trainer.precision, cfg.model.dtype, dist.world_size)
     # The loop's own meter: the same token count and MFU as metrics.jsonl reports.
-    meter = IntervalMeter(dist.device, flops_tok, peak)
+    meter = IntervalMeter(dist.device, flops_tok, peak, strategy.dp_group)
     for i in range(warmup + steps):
         if i == warmup:
             clock = PhaseClock(dist.device)

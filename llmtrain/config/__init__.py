@@ -13,7 +13,7 @@ from llmtrain.config.schema import (
     TrainConfig,
     TrainerConfig,
 )
-from llmtrain.config.strategy import DeepSpeedConfig, DistConfig, FSDPConfig, StrategyConfig
+from llmtrain.config.strategy import DeepSpeedConfig, DistConfig, FSDPConfig, ParallelConfig, StrategyConfig
 
 __all__ = [
     "ConfigError",
@@ -25,6 +25,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OptimConfig",
+    "ParallelConfig",
     "RunConfig",
     "SchedConfig",
     "SFTConfig",

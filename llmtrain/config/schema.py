@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from llmtrain.config.checks import ConfigError, one_of, require
 from llmtrain.config.data import DataConfig
-from llmtrain.config.strategy import PARAM_DTYPES, DistConfig, StrategyConfig
+from llmtrain.config.strategy import PARAM_DTYPES, DistConfig, ParallelConfig, StrategyConfig
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -277,6 +277,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -290,6 +291,7 @@ class TrainConfig:
                 f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
                 f"{self.model.max_position_embeddings}"
             )
+        self._check_parallel()
         if self.strategy.zero_stage is not None and self.model.dtype != "float32":
             require(
                 self.trainer.precision != "fp32",
@@ -297,3 +299,34 @@ class TrainConfig:
                 f"model.dtype={self.model.dtype} with trainer.precision=fp32 under DeepSpeed: DeepSpeed keeps "
                 "the parameters in the dtype trainer.precision names; set trainer.precision=bf16 instead",
             )
+
+    def _check_parallel(self) -> None:
+        """Mesh degrees against the strategy and the model shape (the world size is checked when the
+        job starts, `llmtrain.dist.ParallelDims`)."""
+        par, model = self.parallel, self.model
+        for key in ("tp", "dp_replicate"):
+            if getattr(par, key) > 1:
+                require(
+                    self.strategy.name == "fsdp",
+                    f"parallel.{key}",
+                    f"parallel.{key}={getattr(par, key)} needs strategy=fsdp (DTensor/FSDP2 mesh); "
+                    f"strategy={self.strategy.name} does not support it",
+                )
+        if par.tp > 1:
+            require(
+                self.trainer.precision != "fp16",
+                "parallel.tp",
+                "parallel.tp > 1 with trainer.precision=fp16 is not supported; use bf16",
+            )
+            if model.pretrained is None:
+                for key, value in (
+                    ("num_heads", model.num_heads),
+                    ("num_kv_heads", model.num_kv_heads),
+                    ("intermediate_size", model.intermediate_size),
+                ):
+                    require(
+                        value % par.tp == 0,
+                        "parallel.tp",
+                        f"parallel.tp={par.tp} does not divide model.{key}={value} (each tensor-parallel "
+                        "rank takes an equal share of the heads and MLP columns)",
+                    )

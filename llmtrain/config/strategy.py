@@ -95,6 +95,27 @@ class StrategyConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Degrees of the device mesh beyond data parallelism (1 = off). The data-parallel shard degree
+    is what is left of the world size: world = dp_replicate × dp_shard × sp × tp."""
+
+    # Tensor parallel (DTensor, strategy=fsdp): attention and MLP projections split over `tp` ranks
+    # of a node (column-wise q/k/v/gate/up, row-wise o/down); embeddings, norms and lm_head replicated.
+    tp: int = 1
+    # Sequence parallel (Ulysses): not implemented yet; must be 1.
+    sp: int = 1
+    # HSDP (strategy=fsdp): parameters sharded within each of `dp_replicate` groups, replicated across.
+    dp_replicate: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("tp", "sp", "dp_replicate"):
+            require(getattr(self, key) >= 1, f"parallel.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(
+            self.sp == 1, "parallel.sp", f"sequence parallel is not implemented yet; got {self.sp}, use 1"
+        )
+
+
+@dataclass
 class DistConfig:
     """The process group every strategy runs on."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,8 +51,13 @@ class IntervalMeter:
     over ranks (a collective: every rank calls it at the same step) and starts a new interval.
     """
 
-    def __init__(self, device: torch.device, flops_per_token: float, peak_flops: float) -> None:
+    def __init__(
+        self, device: torch.device, flops_per_token: float, peak_flops: float, group: Any = None
+    ) -> None:
+        """`group`: the data-parallel ranks to sum over (None: all); tensor-parallel peers see the
+        same batch and must not be counted twice."""
         self.device = device
+        self.group = group
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.loss = torch.zeros((), device=device)
@@ -79,7 +85,7 @@ class IntervalMeter:
 
     def snapshot(self) -> dict[str, float]:
         """The interval so far, summed over ranks (a collective), for a checkpoint to carry."""
-        totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens])).tolist()
+        totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens]), self.group).tolist()
         return {
             "loss": totals[0],
             "labels": totals[1],
@@ -100,7 +106,7 @@ class IntervalMeter:
         self.start = time.perf_counter() - snapshot["seconds"]
 
     def read(self) -> Interval:
-        totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens]))
+        totals = all_reduce_sum(torch.stack([self.loss, self.labels, self.tokens]), self.group)
         seconds = time.perf_counter() - self.start
         tokens = int(totals[2].item())
         tokens_per_sec = tokens / seconds

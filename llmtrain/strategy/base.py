@@ -12,12 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from llmtrain.config import TrainConfig
-from llmtrain.dist import DistInfo
+from llmtrain.dist import DistInfo, ParallelDims, data_parallel_group
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.model.precision import mixed_precision_dtype
 
@@ -55,13 +56,22 @@ class Strategy(ABC):
         self.module: CausalLMLoss | None = None
 
     @property
+    def dims(self) -> ParallelDims:
+        return ParallelDims.from_config(self.cfg.parallel, self.dist.world_size)
+
+    @property
     def dp_size(self) -> int:
-        """Data-parallel replicas; every strategy here shards data over all ranks."""
-        return self.dist.world_size
+        """Data-parallel size: ranks that train on different samples (world / tensor-parallel)."""
+        return self.dims.dp
 
     @property
     def dp_rank(self) -> int:
-        return self.dist.rank
+        return self.dims.dp_rank(self.dist.rank)
+
+    @property
+    def dp_group(self) -> Any:
+        """The process group label counts and metrics are summed over (None: all ranks)."""
+        return data_parallel_group(self.dims)
 
     @property
     def hf_model(self) -> PreTrainedModel:

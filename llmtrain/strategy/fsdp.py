@@ -39,6 +39,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from llmtrain.dist import data_parallel_mesh, ensure_process_group
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.model.precision import DTYPES, mixed_precision_dtype
+from llmtrain.strategy.tensor_parallel import apply_tensor_parallel
 from llmtrain.strategy.torch_engine import TorchEngineStrategy
 
 # DCP keys are "<section>.<name>"; the model section holds Hugging Face parameter names, so
@@ -106,9 +107,12 @@ class FSDPStrategy(TorchEngineStrategy):
         # FSDP2 and DCP need a process group even alone.
         ensure_process_group(self.dist.device, self.cfg.dist.timeout_s)
         fsdp = self.cfg.strategy.fsdp
+        dp_mesh, tp_mesh = data_parallel_mesh(self.dist.device, self.dims)
+        if tp_mesh is not None:  # before FSDP: FSDP2 shards the DTensors TP made, over dp_mesh
+            apply_tensor_parallel(module.model, tp_mesh, decoder_layers(module.model))
         shard_model(
             module,
-            data_parallel_mesh(self.dist.device),
+            dp_mesh,
             param_dtype=mixed_precision_dtype(self.cfg.trainer.precision),
             reduce_dtype=DTYPES[fsdp.reduce_dtype],
             reshard_after_forward=fsdp.reshard_after_forward,

@@ -36,9 +36,7 @@ def torch_optimizer_step(
     every step, skipped or not: the LR is a function of the loop's step.
     """
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a partial norm per rank until reduced
-        grad_norm = grad_norm.full_tensor()
+    grad_norm = clip_grad_norm(params, grad_clip)
     skipped = ~torch.isfinite(grad_norm)
     # The scale tensor is updated in place by scaler.update(): keep this step's value.
     scale_before = scaler._get_scale_async().clone() if scaler.is_enabled() else None
@@ -56,6 +54,30 @@ def torch_optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return StepResult(grad_norm=grad_norm.detach(), skipped=skipped, loss_scale=scale_before)
+
+
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` (0: no clipping) by the global norm of every gradient; returns the norm.
+
+    `torch.nn.utils.clip_grad_norm_` stacks all norms into one tensor, which fails when gradients
+    are DTensors on different meshes (tensor-parallel weights on the 2-D mesh beside FSDP-only
+    norms and embeddings on the data-parallel mesh). So: one norm per mesh, each reduced over its
+    mesh, then combined, and each group clipped with the same coefficient.
+    """
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    if not groups:
+        return torch.zeros(())
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # partial until reduced
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    for group in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm or math.inf, total)
+    return total
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

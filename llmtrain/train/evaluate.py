@@ -37,7 +37,7 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
             batch = {k: v.to(device) for k, v in batch.items()}
             totals[0] += strategy.forward(batch).double()
             totals[1] += (batch["labels"] != IGNORE_INDEX).sum()
-    all_reduce_sum(totals)
+    all_reduce_sum(totals, strategy.dp_group)
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 

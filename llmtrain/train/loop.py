@@ -19,7 +19,14 @@ from llmtrain.checkpoint.io import load_checkpoint, resume_point, save_checkpoin
 from llmtrain.cluster.signals import StopRequest
 from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig
-from llmtrain.dist import DistInfo, all_reduce_max_host, destroy, init_distributed, is_main_process
+from llmtrain.dist import (
+    DistInfo,
+    ParallelDims,
+    all_reduce_max_host,
+    destroy,
+    init_distributed,
+    is_main_process,
+)
 from llmtrain.metrics.memory import peak_memory_gib
 from llmtrain.metrics.throughput import IntervalMeter, mfu_peak_flops
 from llmtrain.model.flops import flops_per_token
@@ -54,8 +61,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     stop = StopRequest().install((signal.SIGUSR1,))
     try:
         dist = init_distributed(cfg.trainer.device, cfg.dist.timeout_s)
-        # Before any work: every strategy here is data parallel over all ranks.
-        cfg.trainer.grad_accum_for(dist.world_size)
+        # Before any work: the mesh degrees and the batch must divide the world size.
+        cfg.trainer.grad_accum_for(ParallelDims.from_config(cfg.parallel, dist.world_size).dp)
         try:
             with RunDir.resolve(cfg).locked() as run_dir:
                 return _train(cfg, dist, stop, run_dir)
@@ -96,6 +103,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         dist.device,
         flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
         mfu_peak_flops(dist.device, trainer.precision, cfg.model.dtype, dist.world_size),
+        strategy.dp_group,
     )
     if state.interval:
         meter.restore(state.interval, dist.is_main)

@@ -35,7 +35,7 @@ def train_step(
     step-time split. The loop passes nothing, so no timing syncs enter training.
     """
     num_labels = sum((mb["labels"] != IGNORE_INDEX).sum() for mb in micro_batches).float()
-    global_labels = all_reduce_sum(num_labels.clone()).clamp(min=1)
+    global_labels = all_reduce_sum(num_labels.clone(), strategy.dp_group).clamp(min=1)
     loss_sum = torch.zeros((), device=num_labels.device)
     last = len(micro_batches) - 1
     for i, mb in enumerate(micro_batches):

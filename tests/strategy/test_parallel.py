@@ -1,0 +1,152 @@
+"""The device mesh on the FSDP path: tensor parallel (DTensor) and HSDP reproduce one process, on
+packed SFT rows of unequal length; a tensor-parallel checkpoint resumes as plain FSDP and exports a
+normal Hugging Face folder. Sequence parallel is not implemented yet (a config error)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from launcher import launch, read_metrics
+from transformers import AutoModelForCausalLM
+
+from llmtrain.config import ConfigError, load_config
+from llmtrain.dist import ParallelDims
+
+HERE = Path(__file__).resolve().parent
+EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
+FAULTY = HERE / "parallel_faulty_train.py"
+STEPS, FIRST = 8, 5
+# fp32 on CPU; only the order of sums differs (measured: losses within 1e-6, grad norms 1e-6 rel).
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def sft_args(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("parallel")
+
+    def args(run: str, **extra: object) -> list[str]:
+        base = {
+            "run.dir": tmp / run,
+            "data.cache_dir": tmp / "cache",
+            "data.seq_len": 128,
+            "data.sft.synthetic_examples": 400,
+            "data.loader_workers": 0,
+            "trainer.max_steps": STEPS,
+            "trainer.global_batch_size": 8,
+            "trainer.micro_batch_size": 2,
+            "trainer.log_every": 1,
+            "trainer.eval_every": 0,
+            "trainer.save_every": FIRST,
+            "trainer.sample_prompts": "[]",
+            "trainer.device": "cpu",
+            "sched.name": "constant",  # +exp=sft sets cosine, over a group choice
+            "sched.warmup_steps": 2,
+        }
+        base.update(extra)
+        return ["+exp=sft", *(f"{k}={v}" for k, v in base.items())]
+
+    args.tmp = tmp
+    return args
+
+
+def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
+    return {m["step"]: (m["loss"], m["grad_norm"]) for m in read_metrics(run_dir) if "loss" in m}
+
+
+def _assert_same(ref: dict, other: dict, steps) -> None:
+    for step in steps:
+        assert other[step][0] == pytest.approx(ref[step][0], rel=RTOL), f"loss at step {step}"
+        assert other[step][1] == pytest.approx(ref[step][1], rel=RTOL), f"grad norm at step {step}"
+
+
+@pytest.fixture(scope="module")
+def reference(sft_args) -> Path:
+    """One process, packed SFT: what every layout must reproduce."""
+    launch("python", 1, sft_args("single"))
+    return sft_args.tmp / "single"
+
+
+@pytest.fixture(scope="module")
+def tp2(sft_args) -> Path:
+    launch("torchrun", 2, sft_args("tp2", strategy="fsdp", **{"parallel.tp": 2, "trainer.max_steps": FIRST}))
+    return sft_args.tmp / "tp2"
+
+
+@pytest.mark.slow
+def test_packed_rows_have_unequal_lengths_so_the_token_mean_is_tested(reference):
+    assert "packing=True" in (reference / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_on_two_ranks_reproduces_one_process(reference, tp2):
+    _assert_same(_rows(reference), _rows(tp2), range(1, FIRST + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout", [{"parallel.tp": 2}, {"parallel.dp_replicate": 2}], ids=["tp2_x_fsdp2", "hsdp2_x_fsdp2"]
+)
+def test_four_rank_meshes_reproduce_one_process(reference, sft_args, layout):
+    name = "mesh4_" + "_".join(f"{k.split('.')[1]}{v}" for k, v in layout.items())
+    launch("torchrun", 4, sft_args(name, strategy="fsdp", **{**layout, "trainer.max_steps": FIRST}))
+    _assert_same(_rows(reference), _rows(sft_args.tmp / name), range(1, FIRST + 1))
+
+
+@pytest.mark.slow
+def test_negative_control_a_label_count_over_all_ranks_is_caught(reference, sft_args):
+    """Counting the labels over tensor-parallel peers too halves every gradient: the comparison
+    above must fail on it (losses agree at step 1; the grad norm does not)."""
+    args = sft_args("tp2_faulty", strategy="fsdp", **{"parallel.tp": 2, "trainer.max_steps": 2})
+    launch("torchrun", 2, args, script=FAULTY)
+    with pytest.raises(AssertionError, match="grad norm at step 1"):
+        _assert_same(_rows(reference), _rows(sft_args.tmp / "tp2_faulty"), range(1, 3))
+
+
+@pytest.mark.slow
+def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(reference, tp2, sft_args):
+    resumed = sft_args.tmp / "tp2_as_fsdp"
+    shutil.copytree(tp2, resumed)
+    launch("torchrun", 2, sft_args("tp2_as_fsdp", strategy="fsdp"))
+    _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_export_of_a_tensor_parallel_run_is_a_normal_hf_folder_with_the_trained_logits(
+    reference, tp2, tmp_path
+):
+    exports = {}
+    for name, run in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), ("tp2", tp2)):
+        launch("python", 1, [str(run), str(tmp_path / name)], script=EXPORT)
+        exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+    ids = torch.randint(
+        0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        a, b = (exports[n](input_ids=ids).logits for n in ("single", "tp2"))
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_a_world_size_the_degrees_do_not_divide_fails_naming_the_keys():
+    cfg = load_config(["strategy=fsdp", "parallel.tp=2", "parallel.dp_replicate=2"])
+    assert ParallelDims.from_config(cfg.parallel, 8) == ParallelDims(dp_replicate=2, dp_shard=2, tp=2)
+    with pytest.raises(
+        ConfigError, match=r"world size 6 is not divisible by parallel.dp_replicate=2 .* parallel.tp=2 = 4"
+    ):
+        ParallelDims.from_config(cfg.parallel, 6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["strategy=zero3", "parallel.tp=2"], "parallel.tp=2 needs strategy=fsdp"),
+        (["strategy=fsdp", "parallel.tp=3"], "parallel.tp=3 does not divide model.num_heads=4"),
+        (["parallel.sp=2"], "sequence parallel is not implemented yet"),
+        (["strategy=single", "parallel.dp_replicate=2"], "parallel.dp_replicate=2 needs strategy=fsdp"),
+    ],
+)
+def test_unsupported_mesh_settings_fail_before_any_work(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
