@@ -52,7 +52,8 @@ from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
-SFT_LAYOUT_VERSION = 1
+# 2: conversations tokenized once as one text (ids changed for sentencepiece tokenizers).
+SFT_LAYOUT_VERSION = 2
 SYNTHETIC_SEED = 0
 
 
