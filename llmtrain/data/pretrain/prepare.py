@@ -135,6 +135,18 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
             "prep_seconds": round(seconds, 3),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if cfg.val_fraction > 0 and writers["val"].num_docs == 0:
+            train = writers["train"]
+            log.warning(
+                "data=%s: the validation split is empty: all %d documents (%d tokens) went to train "
+                "(data.val_fraction=%g), so there is no validation loss. The split is by document, and "
+                "with data.text_split=paragraph a text file with no blank lines is one document: use "
+                "data.text_split=line, or more documents",
+                cfg.name,
+                train.num_docs,
+                train.num_tokens,
+                cfg.val_fraction,
+            )
         if empty["count"]:
             log.warning(
                 "data=%s: skipped %d documents with no tokens (e.g. %s); counted in %s",

@@ -213,3 +213,14 @@ def test_prepare_data_launcher_writes_shards_and_reports_counts(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"shards: {out}" in result.stdout and "train: " in result.stdout
     assert manifest(out)["splits"]["train"]["num_docs"] + manifest(out)["splits"]["val"]["num_docs"] == 300
+
+
+def test_a_text_file_without_blank_lines_warns_that_validation_is_empty(tmp_path: Path, caplog):
+    text = tmp_path / "one.txt"
+    text.write_text("".join(f"line {i} of a file with no blank lines\n" for i in range(50)))
+    cfg = DataConfig(name="one", path=str(text), format="text", tokenizer="byte", val_fraction=0.05)
+    with caplog.at_level("WARNING", logger="llmtrain"):
+        shards = prepare_shards(cfg, tmp_path / "shards", workers=1, progress=False)
+    assert manifest(shards)["splits"]["val"]["num_docs"] == 0
+    assert "the validation split is empty: all 1 documents" in caplog.text
+    assert "data.text_split=line" in caplog.text
