@@ -94,9 +94,12 @@ def test_ids_equal_apply_chat_template_on_every_shipped_example(shared_data, lla
     assert sum(s.trainable for s in segments) == replies
 
 
-def test_tool_calls_are_trained_as_the_template_writes_them(shared_data, llama2_with_chat_template):
+@pytest.mark.parametrize("template_name", ["tokenizer", "chatml"])
+def test_tool_calls_are_trained_as_the_template_writes_them(
+    shared_data, llama2_with_chat_template, template_name
+):
     tok = llama2_with_chat_template
-    template = resolve_chat_template("tokenizer", tok)
+    template = resolve_chat_template(template_name, tok)
     conv = next(c for c in shipped_conversations(shared_data, "sharegpt_toolcall_demo") if c.tools)
     text = tok.decode(flat(template.encode(conv)), skip_special_tokens=False)
     assert "<tool_call>\n{" in text and "}\n</tool_call>" in text
