@@ -136,6 +136,8 @@ class TrainerConfig:
     log_every: int = 10
     # 0 disables periodic validation (the final one still runs when there is validation data).
     eval_every: int = 100
+    # Validation set size in global batches (eval_batches × global_batch_size samples, the same
+    # samples at any micro_batch_size or world size), evaluated in micro-batches.
     eval_batches: int = 20
     save_every: int = 100
     # Checkpoints kept on disk; older ones are deleted after a newer one is committed.

@@ -48,18 +48,19 @@ def build_val_loader(
     micro_batch_size: int,
     dp_rank: int,
     dp_size: int,
-    max_batches: int,
+    num_samples: int,
 ) -> DataLoader:
-    """This rank's share of the first validation windows, in order.
+    """This rank's share of the first `num_samples` validation windows, in micro-batches.
 
-    The evaluated set is the first `max_batches * micro_batch_size` windows (all of them if fewer)
-    whatever the world size, so validation losses compare across runs on different rank counts. It
-    is split into equal contiguous shares so every rank runs the same number of batches; the few
-    windows that do not divide evenly over ranks are left out. Loaded in this process: reads are
-    small and a fresh worker pool at every evaluation would cost more than it saves.
+    The evaluated set is the first `num_samples` windows (all of them if fewer): it depends on
+    neither the world size nor the micro-batch size, so validation losses compare across runs on
+    different rank counts and batch splits (the trainer asks for `trainer.eval_batches` global
+    batches). It is split into equal contiguous shares so every rank runs the same number of
+    batches; the few windows that do not divide evenly over ranks are left out. Loaded in this
+    process: reads are small and a fresh worker pool at every evaluation would cost more than it saves.
     """
     windows, collate_fn = samples(cfg, shards_dir, "val")
-    budget = min(len(windows), max_batches * micro_batch_size)
+    budget = min(len(windows), num_samples)
     share = budget // dp_size
     mine = list(range(dp_rank * share, (dp_rank + 1) * share))
     batches = [mine[i : i + micro_batch_size] for i in range(0, share, micro_batch_size)]

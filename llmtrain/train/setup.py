@@ -79,7 +79,8 @@ def build_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy, start_
         micro_batch_size=cfg.trainer.micro_batch_for(strategy.dp_size),
         dp_rank=strategy.dp_rank,
         dp_size=strategy.dp_size,
-        max_batches=cfg.trainer.eval_batches,
+        # In global batches, so the validation set does not change with the micro batch.
+        num_samples=cfg.trainer.eval_batches * cfg.trainer.global_batch_size,
     )
     return train_loader, val_loader
 

@@ -35,11 +35,31 @@ def test_worker_processes_give_the_same_batches_as_in_process(shards):
 
 def test_val_loader_gives_equal_disjoint_shares_of_a_world_size_independent_set(shards):
     cfg = DataConfig(seq_len=16)
-    shares = [build_val_loader(cfg, shards, 2, rank, 2, max_batches=6) for rank in range(2)]
+    shares = [build_val_loader(cfg, shards, 2, rank, 2, num_samples=12) for rank in range(2)]
     assert [len(s) for s in shares] == [3, 3]
     seen = [i for s in shares for b in s for i in b["sample_index"].tolist()]
-    assert seen == list(range(12))  # the first 6 * 2 windows, in order, split over the ranks
-    alone = build_val_loader(cfg, shards, 2, 0, 1, max_batches=6)
+    assert seen == list(range(12))  # the first 12 windows, in order, split over the ranks
+    alone = build_val_loader(cfg, shards, 2, 0, 1, num_samples=12)
     assert [i for b in alone for i in b["sample_index"].tolist()] == seen  # same set on one rank
-    everything = build_val_loader(cfg, shards, 4, 0, 1, max_batches=10_000)
+    everything = build_val_loader(cfg, shards, 4, 0, 1, num_samples=10_000)
     assert sum(len(b["sample_index"]) for b in everything) == len(everything.dataset)
+
+
+@pytest.mark.parametrize("dp_size", [1, 2])
+def test_trainer_validation_set_does_not_depend_on_the_micro_batch_size(shards, dp_size):
+    from types import SimpleNamespace
+
+    from llmtrain.config import TrainConfig
+    from llmtrain.train.setup import build_loaders
+
+    def evaluated(micro: int) -> list[int]:
+        cfg = TrainConfig()
+        cfg.data = DataConfig(seq_len=16)
+        cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size, cfg.trainer.eval_batches = 8, micro, 2
+        seen = []
+        for rank in range(dp_size):
+            _, val = build_loaders(cfg, shards, SimpleNamespace(dp_rank=rank, dp_size=dp_size), 0)
+            seen += [i for b in val for i in b["sample_index"].tolist()]
+        return seen
+
+    assert evaluated(1) == evaluated(2) == evaluated(4) == list(range(16))  # 2 global batches of 8

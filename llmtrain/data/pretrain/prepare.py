@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -44,6 +45,12 @@ log = logging.getLogger("llmtrain")
 _CHUNK_DOCS = 512
 _CHUNK_CHARS = 4_000_000
 _EXAMPLES_KEPT = 5
+# A text longer than this is tokenized in windows (`_encode_long`): a tokenizer call holds about
+# 200 bytes per character (a 34 MB one-line document peaked at 7 GB), so memory must follow the
+# window, not the document.
+_PIECE_CHARS = 1 << 18
+_PIECE_MARGIN = 512
+_WHITESPACE = re.compile(r"\s")
 
 
 def prep_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -135,6 +142,18 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
             "prep_seconds": round(seconds, 3),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if cfg.val_fraction > 0 and writers["val"].num_docs == 0:
+            train = writers["train"]
+            log.warning(
+                "data=%s: the validation split is empty: all %d documents (%d tokens) went to train "
+                "(data.val_fraction=%g), so there is no validation loss. The split is by document, and "
+                "with data.text_split=paragraph a text file with no blank lines is one document: use "
+                "data.text_split=line, or more documents",
+                cfg.name,
+                train.num_docs,
+                train.num_tokens,
+                cfg.val_fraction,
+            )
         if empty["count"]:
             log.warning(
                 "data=%s: skipped %d documents with no tokens (e.g. %s); counted in %s",
@@ -230,9 +249,61 @@ def _tokenize(cfg: DataConfig, tok: Any, workers: int) -> Iterator[tuple[int, Do
 
 def _encode_texts(tok: Any, texts: list[str]) -> list[np.ndarray]:
     # split_special_tokens: a document that contains the text "</s>" must not get a real EOS id there.
-    batch = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    eos = tok.eos_token_id
-    return [np.array([*ids, eos], dtype=np.uint32) if ids else np.empty(0, dtype=np.uint32) for ids in batch]
+    short = [t if len(t) <= _PIECE_CHARS else "" for t in texts]
+    batch = tok(short, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    eos = np.array([tok.eos_token_id], dtype=np.uint32)
+    out = []
+    for text, ids in zip(texts, batch):
+        ids = _encode_long(tok, text) if len(text) > _PIECE_CHARS else np.array(ids, dtype=np.uint32)
+        out.append(np.concatenate([ids, eos]) if len(ids) else np.empty(0, dtype=np.uint32))
+    return out
+
+
+def _encode_long(tok: Any, text: str) -> np.ndarray:
+    """The ids of `text` (no EOS), tokenized in windows of about `_PIECE_CHARS` characters.
+
+    Boundary rule: the text is cut at the first whitespace after every `_PIECE_CHARS` characters
+    (anywhere, if there is none within another `_PIECE_CHARS`). Each piece is tokenized with
+    `_PIECE_MARGIN` characters of context on each side and keeps the tokens whose first character
+    lies in it. A token depends only on nearby text (merges do not reach across hundreds of
+    characters; a dummy-prefix "▁" lands in the margin), so the stream equals the whole text's.
+    Each seam is checked: the kept tokens of neighbouring pieces must meet exactly, else the piece is
+    tokenized again with a margin four times wider.
+    """
+    parts: list[np.ndarray] = []
+    prev_end = 0
+    for a, b in _pieces(text):
+        margin = _PIECE_MARGIN
+        while True:
+            lo, hi = max(0, a - margin), min(len(text), b + margin)
+            enc = tok(
+                text[lo:hi], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
+            kept = [
+                (t, lo + s, lo + e)
+                for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])
+                if a <= lo + s < b
+            ]
+            if not kept or kept[0][1] == prev_end or margin >= len(text):
+                break
+            margin *= 4
+        if kept:
+            prev_end = kept[-1][2]
+        parts.append(np.array([t for t, _, _ in kept], dtype=np.uint32))
+        del enc, kept
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
+
+
+def _pieces(text: str) -> Iterator[tuple[int, int]]:
+    a = 0
+    while a < len(text):
+        b = a + _PIECE_CHARS
+        if b < len(text):
+            m = _WHITESPACE.search(text, b, b + _PIECE_CHARS)
+            b = m.start() if m else b
+        b = min(b, len(text))
+        yield a, b
+        a = b
 
 
 _worker_tokenizer: Any = None

@@ -1,18 +1,21 @@
 """Chat templates: a conversation to token ids, cut into segments that are trained on or not.
 
-Why segments and not "render the whole text, then search for the assistant replies": searching
-decoded text breaks on tokenizers whose tokens straddle the reply's edges and on replies that repeat
-the prompt. Here each piece is tokenized on its own and the ids are concatenated, so which tokens
-belong to an assistant reply is known by construction. Training, evaluation and `launch/generate.py`
-all go through `ChatTemplate`, so a prompt is tokenized identically everywhere.
+Both implementations render the whole conversation as one text, remember the character span of
+every piece (prompt, reply, end token), tokenize the text once and give each token to its span
+(`llmtrain.data.sft.spans`). So the ids are the ids a server computes from the same text
+(`apply_chat_template(tokenize=True)` for the tokenizer's own template), with no stray "▁" where a
+sentencepiece tokenizer would have started a new call at each turn. Training, evaluation and
+`launch/generate.py` all go through `ChatTemplate`, so a prompt is tokenized identically everywhere.
 
 Two implementations of one interface:
 - `NamedTemplate` (chatml, llama3, alpaca): ours, for tokenizers without a chat template. A reply
   ends with the template's end-of-turn token when the tokenizer has it as one token (`<|im_end|>`,
-  `<|eot_id|>`), else with the tokenizer's eos, so generation can always stop on one id. User
-  content is tokenized with special tokens split, so text like "</s>" in data cannot inject one.
-- `TokenizerTemplate`: the tokenizer's own Jinja `chat_template`, rendered with `apply_chat_template`
-  for each growing prefix of the conversation; the text a reply adds is its segment.
+  `<|eot_id|>`), else with the tokenizer's eos, so generation can always stop on one id. Text in
+  message content that spells a special token ("</s>") stays text, so data cannot inject one.
+- `TokenizerTemplate`: the tokenizer's own Jinja `chat_template`. Replies are located by rendering
+  each growing prefix of the conversation (with and without the generation prompt): the text a
+  reply adds is its span. Not `return_assistant_tokens_mask`: it needs `{% generation %}` markers,
+  which most shipped templates (Llama 3, Qwen, Mistral) do not have.
 """
 
 from __future__ import annotations
@@ -24,19 +27,13 @@ from typing import Any
 
 from llmtrain.data.errors import DataError
 from llmtrain.data.sft.formats import Conversation, Message
+from llmtrain.data.sft.spans import Segment, Span, encode_spans
 
-# A piece of a rendered conversation: text to tokenize, or a token id.
-Piece = str | int
+__all__ = ["ChatTemplate", "Segment", "TemplateError", "resolve_chat_template"]
 
 
 class TemplateError(DataError):
     """The chat template cannot work for this data at all (not one malformed example): stop the run."""
-
-
-@dataclass
-class Segment:
-    ids: list[int]
-    trainable: bool
 
 
 @dataclass(frozen=True)
@@ -157,6 +154,30 @@ def _single_token_id(tokenizer: Any, token: str | None) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+class _Rendering:
+    """Text being rendered, the spans closed so far and the message-content ranges in it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.pos = 0
+        self.spans: list[Span] = []
+        self.protected: list[tuple[int, int]] = []
+
+    def add(self, text: str, protect: bool = False) -> None:
+        if protect and text:
+            self.protected.append((self.pos, self.pos + len(text)))
+        self.parts.append(text)
+        self.pos += len(text)
+
+    def close_span(self, trainable: bool) -> None:
+        start = self.spans[-1].end if self.spans else 0
+        self.spans.append(Span(start, self.pos, trainable))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class NamedTemplate(ChatTemplate):
     def __init__(self, name: str, tokenizer: Any, system_prompt: str | None = None) -> None:
         if name not in NAMED_TEMPLATES:
@@ -170,21 +191,19 @@ class NamedTemplate(ChatTemplate):
         self.end_token_id = _single_token_id(tokenizer, self.spec.end_token)
         if self.end_token_id is None:
             self.end_token_id = tokenizer.eos_token_id
-        bos = tokenizer.bos_token_id
-        self.bos: list[Piece] = [bos] if bos is not None else []
+        # Special tokens are written into the text as their token strings; tokenized, each is one id.
+        self.end_text = tokenizer.convert_ids_to_tokens(self.end_token_id)
+        self.bos_text = tokenizer.bos_token if tokenizer.bos_token_id is not None else ""
 
-    def _fill(self, template: str, content: str) -> list[Piece]:
-        """Template text (special tokens recognised), content (as plain text) and end ids, in order."""
-        pieces: list[Piece] = []
+    def _fill(self, r: _Rendering, template: str, content: str) -> None:
         for k, part in enumerate(template.split("{end}")):
             if k:
-                pieces.append(self.end_token_id)
+                r.add(self.end_text)
             before, sep, after = part.partition("{content}")
-            pieces.append(before)
+            r.add(before)
             if sep:
-                pieces.append(Content(content))
-                pieces.append(after)
-        return [p for p in pieces if p != ""]
+                r.add(content, protect=True)
+                r.add(after)
 
     def _system(self, conv: Conversation) -> list[Message]:
         msgs = list(conv.messages)
@@ -196,43 +215,33 @@ class NamedTemplate(ChatTemplate):
         rest = msgs[1:] if has_system else msgs
         return ([Message("system", system)] if system else []) + rest
 
-    def _spans(self, conv: Conversation) -> list[tuple[list[Piece], bool]]:
-        spans: list[tuple[list[Piece], bool]] = [(list(self.bos), False)]
+    def render(self, conv: Conversation, generation: bool = False) -> _Rendering:
+        """The conversation as one text, with a span per template piece (replies trainable)."""
+        r = _Rendering()
         s = self.spec
+        r.add(self.bos_text)
+        r.close_span(False)
         for msg in self._system(conv):
             if msg.role in ("assistant", "tool_call"):
-                spans.append((self._fill(s.assistant_prompt, ""), False))
-                body = s.assistant if msg.role == "assistant" else s.tool_call
-                spans.append((self._fill(body, msg.content), True))
-                spans.append((self._fill(s.after_assistant, ""), False))
+                self._fill(r, s.assistant_prompt, "")
+                r.close_span(False)
+                self._fill(r, s.assistant if msg.role == "assistant" else s.tool_call, msg.content)
+                r.close_span(True)
+                self._fill(r, s.after_assistant, "")
             else:
-                template = {"system": s.system, "user": s.user, "tool": s.tool}[msg.role]
-                spans.append((self._fill(template, msg.content), False))
-        return spans
+                self._fill(r, {"system": s.system, "user": s.user, "tool": s.tool}[msg.role], msg.content)
+            r.close_span(False)
+        if generation:
+            self._fill(r, s.assistant_prompt, "")
+            r.close_span(False)
+        return r
 
-    def _tokenize(self, pieces: list[Piece]) -> list[int]:
-        ids: list[int] = []
-        for p in pieces:
-            if isinstance(p, int):
-                ids.append(p)
-            elif isinstance(p, Content):
-                ids += self.tokenizer(str(p), add_special_tokens=False, split_special_tokens=True).input_ids
-            else:
-                ids += self.tokenizer(p, add_special_tokens=False).input_ids
-        return ids
-
-    def encode(self, conv: Conversation) -> list[Segment]:
-        return [
-            Segment(self._tokenize(pieces), trainable) for pieces, trainable in self._spans(conv) if pieces
-        ]
+    def encode(self, conv: Conversation, generation: bool = False) -> list[Segment]:
+        r = self.render(conv, generation)
+        return encode_spans(self.tokenizer, r.text, r.spans, r.protected)
 
     def encode_prompt(self, conv: Conversation) -> list[int]:
-        ids = [i for seg in self.encode(conv) for i in seg.ids]
-        return ids + self._tokenize(self._fill(self.spec.assistant_prompt, ""))
-
-
-class Content(str):
-    """Message text inside a template: tokenized with special tokens split (no injection)."""
+        return [i for seg in self.encode(conv, generation=True) for i in seg.ids]
 
 
 class TokenizerTemplate(ChatTemplate):
@@ -301,14 +310,11 @@ class TokenizerTemplate(ChatTemplate):
             return None
         return tools if isinstance(tools, list) else [tools]
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
     def encode(
         self, conv: Conversation, where: str = "conversation", generation: bool = False
     ) -> list[Segment]:
         msgs, tools = self._hf_messages(conv), self._tools(conv)
-        segments: list[Segment] = []
+        spans: list[Span] = []
         done = ""
         for k, msg in enumerate(msgs):
             if msg["role"] != "assistant":
@@ -321,18 +327,23 @@ class TokenizerTemplate(ChatTemplate):
                     "(a longer prefix changes earlier text), so assistant replies cannot be located; set "
                     f"data.sft.chat_template to one of {', '.join(NAMED_TEMPLATES)}"
                 )
-            segments.append(Segment(self._ids(prompt[len(done) :]), False))
-            reply = self._ids(full[len(prompt) :])
-            # Train up to and including the reply's last special token (its end of turn); text the
-            # template puts after it (a newline) belongs to the next prompt.
-            cut = max((i + 1 for i, t in enumerate(reply) if t in self.special_ids), default=len(reply))
-            segments.append(Segment(reply[:cut], True))
-            segments.append(Segment(reply[cut:], False))
+            spans += [Span(len(done), len(prompt), False), Span(len(prompt), len(full), True)]
             done = full
         rest = self._render(msgs, tools, generation, where)
         if not rest.startswith(done):
             raise TemplateError(f"{where}: the tokenizer's chat template does not render turn by turn")
-        segments.append(Segment(self._ids(rest[len(done) :]), False))
+        spans.append(Span(len(done), len(rest), False))
+        # The whole render tokenized once: the ids of apply_chat_template(tokenize=True).
+        segments: list[Segment] = []
+        for seg in encode_spans(self.tokenizer, rest, spans):
+            if not seg.trainable:
+                segments.append(seg)
+                continue
+            # Train up to and including the reply's last special token (its end of turn); text the
+            # template puts after it (a newline) belongs to the next prompt.
+            ids = seg.ids
+            cut = max((i + 1 for i, t in enumerate(ids) if t in self.special_ids), default=len(ids))
+            segments += [Segment(ids[:cut], True), Segment(ids[cut:], False)]
         return [s for s in segments if s.ids]
 
     def encode_prompt(self, conv: Conversation) -> list[int]:

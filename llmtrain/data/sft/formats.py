@@ -44,6 +44,11 @@ _NEXT = {
 }
 
 
+class EmptyReply(DataError):
+    """An assistant turn with no text: it would train only the end-of-turn token, i.e. teach the
+    model to answer nothing. Skipped as malformed (and counted apart), not kept."""
+
+
 @dataclass(frozen=True)
 class Message:
     role: str
@@ -113,6 +118,12 @@ def check_roles(conv: Conversation, where: str) -> None:
                 "(system first, then user/assistant alternating, tool results only after a tool call)"
             )
         prev = msg.role
+    for i, msg in enumerate(conv.messages):
+        if msg.role in ("assistant", "tool_call") and not msg.content.strip():
+            raise EmptyReply(
+                f"{where}: turn {i} is an empty {msg.role} reply, which would train only the end-of-turn "
+                "token (teaching the model to answer nothing); fill it in or remove the example"
+            )
     if not any(m.role in ("assistant", "tool_call") for m in conv.messages):
         raise DataError(f"{where}: no assistant turn, so nothing to train on; remove the example")
     if prev in ("user", "system", "tool"):

@@ -47,12 +47,13 @@ from llmtrain.data.sft.chat_templates import ChatTemplate, NamedTemplate, Templa
 from llmtrain.data.sft.formats import Conversation, detect_format, to_conversation
 from llmtrain.data.sft.records import Record, iter_records, source_fingerprint
 from llmtrain.data.sft.synthetic import GENERATOR_VERSION, generate_conversations
-from llmtrain.data.sft.tokenize import SFTAudit, tokenize_conversation
+from llmtrain.data.sft.tokenize import TOO_LONG, SFTAudit, tokenize_conversation
 from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
-SFT_LAYOUT_VERSION = 1
+# 2: conversations tokenized once as one text (ids changed for sentencepiece tokenizers).
+SFT_LAYOUT_VERSION = 2
 SYNTHETIC_SEED = 0
 
 
@@ -164,6 +165,7 @@ def prepare_sft(cfg: DataConfig, out_dir: Path) -> Path:
     try:
         writers = {split: _ExampleWriter(tmp / split, dtype) for split in SPLITS}
         for index, where, conv in iter_conversations(cfg, audit):
+            audit.check_placeholders(conv, where)
             try:
                 example, outcome = tokenize_conversation(
                     conv, template, cfg.seq_len + 1, cfg.sft.truncation, cfg.sft.train_on_prompt, where
@@ -211,6 +213,15 @@ def prepare_sft(cfg: DataConfig, out_dir: Path) -> Path:
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         _log_audit(cfg, audit, out_dir)
+        if cfg.val_fraction > 0 and writers["val"].num_docs == 0:
+            log.warning(
+                "data=%s: the validation split is empty: none of the %d kept examples fell in "
+                "data.val_fraction=%g, so there is no validation loss; use more examples or a larger "
+                "data.val_fraction",
+                cfg.name,
+                audit.kept,
+                cfg.val_fraction,
+            )
         return publish(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -228,15 +239,35 @@ def _log_audit(cfg: DataConfig, audit: SFTAudit, out_dir: Path) -> None:
             audit.skip_reasons[0],
             out_dir / MANIFEST,
         )
-    dropped = audit.dropped_too_long + audit.dropped_no_trainable_left
-    if dropped:
+    if audit.skipped_empty_reply:
         log.warning(
-            "data=%s: dropped %d examples longer than data.seq_len=%d (data.sft.truncation=%s); raise data.seq_len "
-            "to keep them",
+            "data=%s: skipped %d examples with an empty assistant reply (they would train only the end "
+            "token); counted in %s",
             cfg.name,
-            dropped,
+            audit.skipped_empty_reply,
+            out_dir / MANIFEST,
+        )
+    if audit.dropped_too_long:
+        log.warning(
+            "data=%s: dropped %d examples as %s=%d (data.sft.truncation=%s); raise data.seq_len to keep them",
+            cfg.name,
+            audit.dropped_too_long,
+            TOO_LONG,
             cfg.seq_len,
             cfg.sft.truncation,
+        )
+    if audit.dropped_no_trainable_left:
+        log.warning(
+            "data=%s: dropped %d examples with no trainable token", cfg.name, audit.dropped_no_trainable_left
+        )
+    if audit.placeholder_examples:
+        log.warning(
+            "data=%s: %d examples hold template placeholders (%s), e.g. %s; they are trained literally. "
+            "Fill them in (e.g. replace {{name}} with the model's name) or remove those examples",
+            cfg.name,
+            audit.placeholder_examples,
+            ", ".join(f"{k} x{v}" for k, v in audit.placeholders.most_common(5)),
+            audit.placeholder_example,
         )
     if audit.examples_without_end_label:
         log.warning(

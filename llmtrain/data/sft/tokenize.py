@@ -7,11 +7,19 @@ ids with the pad or eos id, so an eos that doubles as the pad token is still a l
 Truncation works on rounds (the prompt turns before a reply, plus the reply): `truncate_turns`
 keeps the leading whole rounds that fit, so no reply is cut mid-way and no reply loses its end
 token; `drop` discards any conversation that does not fit. Whatever is dropped is counted by reason
-in `SFTAudit`, which the preparation step logs and stores in the cache manifest.
+in `SFTAudit`, which the preparation step logs and stores in the cache manifest. An example
+dropped for length is always "longer than data.seq_len" (`dropped_too_long`): with `drop` the
+conversation, with `truncate_turns` even its first round.
+
+The audit also counts what is kept but probably wrong: template placeholders such as `{{name}}`
+(LLaMA-Factory's identity set ships them to be filled in; trained literally, the model learns to
+say "{{name}}"), reported with an example location. Empty assistant replies are skipped as
+malformed (`formats.EmptyReply`) and counted apart.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +28,18 @@ import numpy as np
 
 from llmtrain.data.errors import DataError
 from llmtrain.data.sft.chat_templates import ChatTemplate, Segment, TemplateError
-from llmtrain.data.sft.formats import Conversation
+from llmtrain.data.sft.formats import Conversation, EmptyReply
 
 _REASONS_KEPT = 5
+# How summaries and warnings name an example dropped for length (one name everywhere).
+TOO_LONG = "longer than data.seq_len"
+# `{{name}}`, `{{ author }}`: a Jinja/mustache slot left unfilled in the data.
+PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
+
+
+def find_placeholders(conv: Conversation) -> list[str]:
+    """The `{{...}}` placeholders in the conversation's messages, in order."""
+    return [m.group(0) for msg in conv.messages for m in PLACEHOLDER.finditer(msg.content)]
 
 
 @dataclass
@@ -50,7 +67,8 @@ def tokenize_conversation(
     train_on_prompt: bool,
     where: str,
 ) -> tuple[TokenizedExample | None, str]:
-    """(example, outcome); outcome is `kept`, `truncated`, `too_long` or `no_trainable_left`.
+    """(example, outcome); outcome is `kept`, `truncated`, `too_long` (even with `truncate_turns`
+    when the first round does not fit) or `no_trainable_left`.
 
     Raises `DataError` when the template yields no assistant span at all: that is a template bug
     (every normalised conversation has an assistant turn), not a property of one example.
@@ -75,7 +93,7 @@ def tokenize_conversation(
         while kept and not kept[-1].trainable:
             kept.pop()
         if not kept:
-            return None, "no_trainable_left"
+            return None, "too_long"
         segments, truncated = kept, True
     ids = np.fromiter((i for s in segments for i in s.ids), dtype=np.int64)
     mask = np.concatenate(
@@ -95,6 +113,8 @@ class SFTAudit:
     kept: int = 0
     truncated: int = 0
     skipped_malformed: int = 0
+    # Of the malformed: conversations with an empty assistant reply.
+    skipped_empty_reply: int = 0
     dropped_too_long: int = 0
     dropped_no_trainable_left: int = 0
     tokens: int = 0
@@ -104,14 +124,26 @@ class SFTAudit:
     examples_without_end_label: int = 0
     skip_reasons: list[str] = field(default_factory=list)
     skip_kinds: Counter = field(default_factory=Counter)
+    # Read examples holding `{{...}}` placeholders (kept), which ones, and where the first is.
+    placeholder_examples: int = 0
+    placeholders: Counter = field(default_factory=Counter)
+    placeholder_example: str | None = None
 
     def skip(self, error: DataError) -> None:
         self.skipped_malformed += 1
+        self.skipped_empty_reply += isinstance(error, EmptyReply)
         text = str(error)
         # "file example N, field 'x': what" -> "what" as the kind, so the summary groups reasons.
         self.skip_kinds[text.split(": ", 1)[-1].split(";")[0][:80]] += 1
         if len(self.skip_reasons) < _REASONS_KEPT:
             self.skip_reasons.append(text)
+
+    def check_placeholders(self, conv: Conversation, where: str) -> None:
+        found = find_placeholders(conv)
+        if found:
+            self.placeholder_examples += 1
+            self.placeholders.update(found)
+            self.placeholder_example = self.placeholder_example or f"{where}: {found[0]}"
 
     def add(self, example: TokenizedExample, end_token_id: int | None) -> None:
         self.kept += 1
@@ -125,8 +157,9 @@ class SFTAudit:
             self.examples_without_end_label += 1
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "skip_kinds"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("skip_kinds", "placeholders")}
         out["skip_kinds"] = dict(self.skip_kinds.most_common(10))
+        out["placeholders"] = dict(self.placeholders.most_common(10))
         return out
 
     def check(self, name: str, end_token_id: int | None, end_token: str | None) -> None:
@@ -135,7 +168,7 @@ class SFTAudit:
         if self.kept == 0:
             raise DataError(
                 f"data={name}: no usable example out of {self.examples_read} ({self.skipped_malformed} malformed, "
-                f"{dropped} too long for data.seq_len); first problems: {self.skip_reasons[:3]}"
+                f"{dropped} {TOO_LONG}); first problems: {self.skip_reasons[:3]}"
             )
         if end_token_id is None or self.end_token_labels == 0:
             raise DataError(
@@ -145,10 +178,16 @@ class SFTAudit:
             )
 
     def summary(self) -> str:
+        no_labels = (
+            f", {self.dropped_no_trainable_left} dropped with no trainable token"
+            if self.dropped_no_trainable_left
+            else ""
+        )
         return (
             f"{self.examples_read} examples read: {self.kept} kept ({self.truncated} truncated to whole turns), "
-            f"{self.skipped_malformed} malformed skipped, {self.dropped_too_long} dropped as too long, "
-            f"{self.dropped_no_trainable_left} dropped with no trainable token left; {self.tokens:,} tokens, "
+            f"{self.skipped_malformed} malformed skipped ({self.skipped_empty_reply} with an empty assistant "
+            f"reply), {self.dropped_too_long} dropped as {TOO_LONG}{no_labels}, "
+            f"{self.placeholder_examples} with {{{{...}}}} placeholders; {self.tokens:,} tokens, "
             f"{self.trainable_tokens:,} trainable ({100 * self.trainable_tokens / max(self.tokens, 1):.1f}%), "
             f"end-of-turn labels {self.end_token_labels:,}"
         )

@@ -213,3 +213,64 @@ def test_prepare_data_launcher_writes_shards_and_reports_counts(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"shards: {out}" in result.stdout and "train: " in result.stdout
     assert manifest(out)["splits"]["train"]["num_docs"] + manifest(out)["splits"]["val"]["num_docs"] == 300
+
+
+def test_a_text_file_without_blank_lines_warns_that_validation_is_empty(tmp_path: Path, caplog):
+    text = tmp_path / "one.txt"
+    text.write_text("".join(f"line {i} of a file with no blank lines\n" for i in range(50)))
+    cfg = DataConfig(name="one", path=str(text), format="text", tokenizer="byte", val_fraction=0.05)
+    with caplog.at_level("WARNING", logger="llmtrain"):
+        shards = prepare_shards(cfg, tmp_path / "shards", workers=1, progress=False)
+    assert manifest(shards)["splits"]["val"]["num_docs"] == 0
+    assert "the validation split is empty: all 1 documents" in caplog.text
+    assert "data.text_split=line" in caplog.text
+
+
+def mixed_text(chars: int, seed: int = 0) -> str:
+    """Words, whitespace runs, newlines, accents, CJK and a long stretch with no whitespace."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "river", "  stone", "café", "東京タワー", "\n", "\t\tx", "don't", "1234", "   ", "a"]
+    text = " ".join(rng.choice(words) for _ in range(chars // 5))
+    return text[: chars // 2] + "z9" * (chars // 8) + text[chars // 2 :]
+
+
+@pytest.mark.parametrize("spec", ["byte", "llama2"])
+def test_long_texts_tokenized_in_windows_equal_the_whole_text(monkeypatch, shared_data: Path, spec):
+    tok = load_tokenizer(str(shared_data / "llama2_tokenizer.model") if spec == "llama2" else "byte")
+    # Small windows and margins: many seams, some inside the run with no whitespace.
+    monkeypatch.setattr(prepare, "_PIECE_CHARS", 1500)
+    monkeypatch.setattr(prepare, "_PIECE_MARGIN", 32)
+    for seed in range(3):
+        text = mixed_text(60_000, seed)
+        whole = tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+        [windowed] = prepare._encode_texts(tok, [text])
+        assert windowed.tolist() == [*whole, tok.eos_token_id]
+
+
+@pytest.mark.slow
+def test_one_huge_single_line_document_prepares_in_bounded_memory(tmp_path: Path, shared_data: Path):
+    """A 25 MB one-line document (the issue's 34 MB one peaked at 7 GB) stays under 1.5 GB peak RSS."""
+    script = f"""
+import json, random, resource
+from llmtrain.config import DataConfig
+from llmtrain.data.pretrain.prepare import prepare_shards
+rng = random.Random(0)
+words = ["the", "river", "stone,", "cloud", "garden.", "window", "silver", "planet"]
+text = " ".join(rng.choice(words) for _ in range(4_000_000))
+open({str(tmp_path / "doc.jsonl")!r}, "w").write(json.dumps({{"text": text}}) + "\\n")
+assert len(text) > 25_000_000
+del text
+cfg = DataConfig(name="big", path={str(tmp_path / "doc.jsonl")!r}, format="jsonl",
+                 tokenizer={str(shared_data / "llama2_tokenizer.model")!r}, val_fraction=0.0)
+out = prepare_shards(cfg, {str(tmp_path / "shards")!r}, workers=1, progress=False)
+print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = int(done.stdout.split("peak_mb")[-1])
+    assert peak_mb < 1536, f"peak RSS {peak_mb} MB"

@@ -86,14 +86,20 @@ def test_labels_decode_to_exactly_the_assistant_replies_and_end_tokens(byte_tok,
 
 
 @pytest.mark.parametrize("fmt", ["alpaca", "sharegpt", "messages"])
-def test_plain_replies_are_labelled_verbatim_with_sentencepiece(llama2_tok, conversations, fmt):
-    # llama3's tool call body is the bare content: every label span is reply ids + the end id.
+def test_replies_are_labelled_as_tokenized_in_context_with_sentencepiece(llama2_tok, conversations, fmt):
+    # llama3's reply body is the bare content after "\n\n": every label span is the content's ids as
+    # they come after a newline (no dummy-prefix "▁", unlike the content tokenized alone), + the end id.
     conv = conversations[fmt]
     template = resolve_chat_template("llama3", llama2_tok)
+    newline = llama2_tok.convert_tokens_to_ids("<0x0A>")
     expected = []
     for m in conv.messages:
         if m.role in ("assistant", "tool_call"):
-            expected += llama2_tok(m.content, add_special_tokens=False, split_special_tokens=True).input_ids
+            ids = llama2_tok(
+                "\n\n" + m.content, add_special_tokens=False, split_special_tokens=True
+            ).input_ids
+            assert ids[1:3] == [newline, newline]
+            expected += ids[3:]
             expected.append(llama2_tok.eos_token_id)
     assert labelled_ids(conv, template) == expected
 

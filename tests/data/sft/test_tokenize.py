@@ -34,11 +34,11 @@ def test_truncate_turns_keeps_leading_whole_rounds_and_their_end_token():
     assert cut.ids[-1] == tok.eos_token_id  # ends right after the kept reply
 
 
-def test_drop_and_nothing_left_are_reported_outcomes_not_examples():
+def test_over_length_is_one_outcome_whether_dropped_or_not_even_one_round_fits():
     tok = load_tokenizer("byte")
     template = resolve_chat_template("alpaca", tok, system_prompt="")
     assert tokenize_conversation(two_rounds(), template, 60, "drop", False, "t") == (None, "too_long")
     assert tokenize_conversation(two_rounds(), template, 10, "truncate_turns", False, "t") == (
         None,
-        "no_trainable_left",
+        "too_long",
     )
