@@ -16,4 +16,4 @@ if __name__ == "__main__":
         cfg = load_config(sys.argv[1:])
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
-    train(cfg)
+    sys.exit(train(cfg).exit_code)
