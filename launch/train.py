@@ -13,4 +13,4 @@ from llmtrain.config import load_config
 from llmtrain.train.loop import train
 
 if __name__ == "__main__":
-    run(lambda: train(load_config(sys.argv[1:])))
+    sys.exit(run(lambda: train(load_config(sys.argv[1:]))).exit_code)

@@ -18,11 +18,13 @@ from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import ConfigError
 from llmtrain.data.errors import DataError
 from llmtrain.dist import env_ranks
+from llmtrain.strategy.dcp_reader import UnsafeCheckpointError
+from llmtrain.strategy.state_file import StateFileError
 from llmtrain.train.rundir_lock import RunDirInUse
 
 T = TypeVar("T")
 USAGE_ERROR = 2
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunDirInUse)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, StateFileError, UnsafeCheckpointError, RunDirInUse)
 
 
 def _label(exc: BaseException) -> str:

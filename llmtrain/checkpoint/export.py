@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from llmtrain.checkpoint import layout
+from llmtrain.checkpoint import layout, manifest
 from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import from_yaml
 from llmtrain.model.lora import is_lora_state, load_lora_model, merged_state_dict
@@ -25,7 +25,7 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
     own shards (`Strategy.consolidate`). A LoRA run is exported with its adapters merged into the
     base weights (a plain HF model), or with `adapter_only` as a peft adapter folder.
     """
-    ckpt = layout.resolve_checkpoint(Path(checkpoint_or_run_dir))
+    ckpt = _verified(Path(checkpoint_or_run_dir))
     meta = layout.read_meta(ckpt)
     weights = strategy_class(meta.strategy).consolidate(ckpt / layout.MODEL_DIR)
     config = AutoConfig.from_pretrained(ckpt / layout.HF_CONFIG_DIR)
@@ -63,6 +63,17 @@ def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = F
     _copy_tokenizer(ckpt, out_dir)
     log.info("exported %s (step %d) to %s", ckpt, meta.step, out_dir)
     return out_dir
+
+
+def _verified(path: Path) -> Path:
+    """A step folder whose files match their manifest: the one named, or a run directory's newest."""
+    if layout.is_complete(path):
+        problem = manifest.verify(path)
+        if problem is not None:
+            raise manifest.NoVerifiedCheckpointError(f"cannot export {path}: {problem}")
+        return path
+    found = manifest.newest_verified(path)
+    return found if found is not None else layout.resolve_checkpoint(path)  # raises: nothing there
 
 
 def _fill_tied_embedding(weights: dict[str, torch.Tensor]) -> None:

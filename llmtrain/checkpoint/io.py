@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmtrain.checkpoint import layout
+from llmtrain.checkpoint import layout, manifest
 from llmtrain.checkpoint.compat import check_resume_compatible
 from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
 from llmtrain.dist import barrier, broadcast_object, is_main_process
+from llmtrain.strategy import state_file
 from llmtrain.strategy.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,14 @@ def _fault_after_shards(step: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as plain data (`save_state`): torch's as uint8 tensors, Python's
+    and numpy's as numbers (numpy's key array as a list)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -44,17 +52,29 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
 def resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
-    """The checkpoint a run starting in `run_dir` continues from (rank 0 decides, every rank gets
-    the same answer), after checking the config does not change what it means; None: a fresh start."""
-    ckpt = layout.latest_checkpoint(run_dir) if is_main_process() else None
-    ckpt = broadcast_object(str(ckpt) if ckpt else None)
+    """The checkpoint a run starting in `run_dir` continues from, after checking the config does not
+    change what it means; None: a fresh start.
+
+    Rank 0 picks `latest`, or the newest older checkpoint whose files match their recorded hashes
+    (`manifest.newest_verified`), and every rank gets its answer, or its error."""
+    verdict: tuple[str | None, str | None] = (None, None)
+    if is_main_process():
+        try:
+            found = manifest.newest_verified(run_dir)
+            verdict = (str(found) if found else None, None)
+        except manifest.NoVerifiedCheckpointError as exc:
+            verdict = (None, str(exc))
+    ckpt, error = broadcast_object(verdict)
+    if error is not None:
+        raise manifest.NoVerifiedCheckpointError(error)
     if ckpt is None:
         return None
     check_resume_compatible(from_yaml(Path(ckpt) / layout.CONFIG), cfg, str(run_dir))
@@ -62,9 +82,12 @@ def resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
 
 
 def save_checkpoint(
-    run_dir: Path, strategy: Strategy, trainer_state: dict[str, Any], cfg: TrainConfig
+    run_dir: Path, strategy: Strategy, trainer_state: dict[str, Any], cfg: TrainConfig, finite: bool
 ) -> Path:
-    """Every rank calls this; returns the committed folder. Collective: all ranks must enter."""
+    """Every rank calls this; returns the committed folder. Collective: all ranks must enter.
+
+    `finite`: no non-finite streak is running at this step. Retention always keeps the newest
+    finite checkpoint, however many others follow it."""
     step = trainer_state["step"]
     tmp = layout.temp_dir_for(run_dir, step)
     if is_main_process():
@@ -72,20 +95,36 @@ def save_checkpoint(
         (tmp / layout.RNG_DIR).mkdir(parents=True)
     barrier()
     strategy.save(tmp / layout.MODEL_DIR)
-    torch.save(rng_state(), layout.rng_file(tmp, strategy.dist.rank))
+    state_file.save_state(rng_state(), layout.rng_file(tmp, strategy.dist.rank))
     barrier()
     _fault_after_shards(step)
     final = layout.checkpoints_dir(run_dir) / layout.step_dir_name(step)
     if is_main_process():
         (tmp / layout.CONFIG).write_text(to_yaml(cfg))
         strategy.hf_model.config.save_pretrained(tmp / layout.HF_CONFIG_DIR)
-        meta = layout.CheckpointMeta(strategy.name, strategy.dist.world_size, trainer_state)
+        meta = layout.CheckpointMeta(strategy.name, strategy.dist.world_size, trainer_state, finite)
+        # Every rank's shards are on disk (the barrier above): hash them all before the commit.
+        manifest.write_manifest(tmp)
         # Written last: its presence is what marks the folder complete.
         layout.write_atomic(tmp / layout.TRAINER_STATE, meta.to_json() + "\n")
         final = layout.commit(run_dir, step)
         layout.prune(run_dir, cfg.trainer.keep_last)
     barrier()
     return final
+
+
+def keep_newest_finite(run_dir: Path) -> Path | None:
+    """After a divergence: point `latest` at the newest checkpoint saved with a finite training
+    state (retention never deleted it) and return it; every rank gets the answer."""
+    found = None
+    if is_main_process():
+        found = layout.newest_finite(run_dir)
+        latest = layout.latest_checkpoint(run_dir)
+        if found is not None and found != latest:
+            log.warning("latest now points at %s, the newest finite checkpoint (was %s)", found, latest)
+            layout.point_latest_at(run_dir, found)
+    found = broadcast_object(str(found) if found else None)
+    return Path(found) if found else None
 
 
 def load_checkpoint(ckpt: Path, strategy: Strategy) -> dict[str, Any]:
@@ -113,6 +152,12 @@ def load_checkpoint(ckpt: Path, strategy: Strategy) -> dict[str, Any]:
         log.warning(
             "checkpoint was written by %d ranks, resuming on %d: RNG streams restart", meta.world_size, world
         )
-    elif rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    elif state_file.paths(rng_file)[1].is_file():
+        set_rng_state(state_file.load_state(rng_file))
+    else:
+        # An older checkpoint's pickle (rng/rank_N.pt) is never unpickled: numpy's state in it needs
+        # more than weights_only=True allows, and it is not worth running code for.
+        log.warning(
+            "%s: no RNG state in this format for rank %d: RNG streams restart", ckpt, strategy.dist.rank
+        )
     return meta.trainer

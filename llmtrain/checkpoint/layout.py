@@ -5,11 +5,12 @@ run_dir/
     tokenizer/              the tokenizer, Hugging Face format (copied into every export)
     checkpoints/
         step_000100/            one folder per saved step, complete or absent
-            trainer_state.json  step and token counters, data position, strategy, world size
+            trainer_state.json  step and token counters, data position, strategy, world size, finite
+            manifest.json       sha256 of every other file (written before trainer_state.json)
             config.yaml         the resolved config that wrote it
             hf_config/          the model's Hugging Face config.json (for export)
             model/              the strategy's own (possibly sharded) model + optimizer state
-            rng/rank_00000.pt   per-rank RNG states
+            rng/rank_00000.*    per-rank RNG states (.safetensors + .json)
         latest                  text file naming the newest complete step folder
 (`metrics.jsonl`, `train.log` and the other tracking files are named in llmtrain.tracking.)
 
@@ -46,26 +47,28 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 @dataclass
 class CheckpointMeta:
-    """`trainer_state.json`: which strategy on how many ranks wrote the folder, and the trainer's
-    own state (`TrainState`, opaque here). Stored flat, trainer keys beside the two written here."""
+    """`trainer_state.json`: which strategy on how many ranks wrote the folder, whether its training
+    state was finite (no non-finite streak running: retention keeps the newest such checkpoint), and
+    the trainer's own state (`TrainState`, opaque here). Stored flat, trainer keys beside the rest."""
 
     strategy: str
     world_size: int
     trainer: dict[str, Any]
+    finite: bool = True
 
     @property
     def step(self) -> int:
         return int(self.trainer["step"])
 
     def to_json(self) -> str:
-        return json.dumps(
-            {**self.trainer, "strategy": self.strategy, "world_size": self.world_size}, indent=2
-        )
+        own = {"strategy": self.strategy, "world_size": self.world_size, "finite": self.finite}
+        return json.dumps({**self.trainer, **own}, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
-        trainer = {k: v for k, v in d.items() if k not in ("strategy", "world_size")}
-        return cls(strategy=d["strategy"], world_size=d["world_size"], trainer=trainer)
+        trainer = {k: v for k, v in d.items() if k not in ("strategy", "world_size", "finite")}
+        # Checkpoints from before the flag were only kept while training was finite enough.
+        return cls(d["strategy"], d["world_size"], trainer, finite=d.get("finite", True))
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -99,7 +102,7 @@ def commit(run_dir: Path, step: int) -> Path:
     if final.exists():  # the same step saved again (e.g. final save right after a periodic one)
         shutil.rmtree(final)
     os.replace(temp_dir_for(run_dir, step), final)
-    write_atomic(checkpoints_dir(run_dir) / LATEST, final.name + "\n")
+    point_latest_at(run_dir, final)
     return final
 
 
@@ -109,6 +112,10 @@ def complete_steps(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def point_latest_at(run_dir: Path, ckpt: Path) -> None:
+    write_atomic(checkpoints_dir(run_dir) / LATEST, ckpt.name + "\n")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -122,12 +129,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def newest_finite(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint saved with no non-finite streak running."""
+    return next((p for p in reversed(complete_steps(run_dir)) if read_meta(p).finite), None)
+
+
 def prune(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and stale temp folders."""
+    """Delete all but the newest `keep_last` complete checkpoints, and stale temp folders.
+
+    `latest` and the newest finite checkpoint are always kept: while a run diverges its newest
+    checkpoints carry a non-finite streak, and the one before it began is what a rerun needs."""
     removed = []
-    latest = latest_checkpoint(run_dir)
+    keep = {latest_checkpoint(run_dir), newest_finite(run_dir)}
     for old in complete_steps(run_dir)[:-keep_last]:
-        if old != latest:
+        if old not in keep:
             shutil.rmtree(old, ignore_errors=True)
             removed.append(old)
     for stale in checkpoints_dir(run_dir).glob(".tmp-step_*"):
@@ -145,7 +160,8 @@ def read_meta(ckpt: Path) -> CheckpointMeta:
 
 
 def rng_file(ckpt_or_tmp: Path, rank: int) -> Path:
-    return ckpt_or_tmp / RNG_DIR / f"rank_{rank:05d}.pt"
+    """The stem of a rank's RNG state: `rank_NNNNN.safetensors` + `rank_NNNNN.json`."""
+    return ckpt_or_tmp / RNG_DIR / f"rank_{rank:05d}"
 
 
 def resolve_checkpoint(path: Path) -> Path:

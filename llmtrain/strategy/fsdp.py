@@ -39,6 +39,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from llmtrain.dist import data_parallel_mesh, ensure_process_group
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.model.precision import DTYPES, mixed_precision_dtype
+from llmtrain.strategy.dcp_reader import SafeFileSystemReader, WeightsOnlyLoadPlanner
+from llmtrain.strategy.state_file import load_state_or_legacy, save_state
 from llmtrain.strategy.tensor_parallel import apply_tensor_parallel
 from llmtrain.strategy.torch_engine import TorchEngineStrategy
 
@@ -48,7 +50,9 @@ MODEL_SECTION = "model"
 OPTIM_SECTION = "optim"
 # The wrapper's attribute holding the HF model: module FQNs are "model." + HF name.
 WRAPPER_PREFIX = "model."
-STATE_FILE = "schedule_state.pt"
+# Schedule and scaler state: schedule_state.safetensors + schedule_state.json (no pickle).
+STATE_STEM = "schedule_state"
+LEGACY_STATE_FILE = "schedule_state.pt"  # the pickle earlier versions wrote
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -156,13 +160,14 @@ class FSDPStrategy(TorchEngineStrategy):
         dcp.save(self._dcp_state(), checkpoint_id=path)
         if self.dist.is_main:
             # Schedule and loss scale are the same on every rank: one small file.
-            torch.save(self.schedule_state(), path / STATE_FILE)
+            save_state(self.schedule_state(), path / STATE_STEM)
 
     def load(self, path: Path) -> None:
         # DCP reads whatever slices this rank's shards need, so the checkpoint may come from any
         # number of ranks.
         state = self._dcp_state()
-        dcp.load(state, checkpoint_id=path)
+        # Read as data only: DCP's own reader would unpickle .metadata unchecked (dcp_reader.py).
+        dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=WeightsOnlyLoadPlanner())
         set_state_dict(
             self.module,
             self.optimizer,
@@ -170,7 +175,7 @@ class FSDPStrategy(TorchEngineStrategy):
             optim_state_dict=state[OPTIM_SECTION],
             options=StateDictOptions(flatten_optimizer_state_dict=True),
         )
-        self.load_schedule_state(torch.load(path / STATE_FILE, map_location="cpu", weights_only=False))
+        self.load_schedule_state(load_state_or_legacy(path / STATE_STEM, path / LEGACY_STATE_FILE))
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         # Collective: every rank takes part in the all-gather; only rank 0 keeps the result.
@@ -186,7 +191,7 @@ class FSDPStrategy(TorchEngineStrategy):
         Allocates each model tensor at its full size from the checkpoint metadata and lets DCP
         fill it from every rank's file: no model, no process group.
         """
-        reader = dcp.FileSystemReader(str(path))
+        reader = SafeFileSystemReader(path)
         prefix = MODEL_SECTION + "."
         weights = {
             key.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
@@ -200,5 +205,10 @@ class FSDPStrategy(TorchEngineStrategy):
         with warnings.catch_warnings():
             # no_dist=True is the intent here; DCP still warns that it "assumes" a single process.
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load({MODEL_SECTION: weights}, storage_reader=reader, no_dist=True)
+            dcp.load(
+                {MODEL_SECTION: weights},
+                storage_reader=reader,
+                planner=WeightsOnlyLoadPlanner(),
+                no_dist=True,
+            )
         return weights

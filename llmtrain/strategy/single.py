@@ -12,10 +12,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from llmtrain.dist import is_distributed
 from llmtrain.model.loss import CausalLMLoss
+from llmtrain.strategy.state_file import load_state_or_legacy, save_state
 from llmtrain.strategy.torch_engine import TorchEngineStrategy
 
 MODEL_FILE = "model.safetensors"
-STATE_FILE = "optim_state.pt"
+# Optimizer, schedule and scaler state: optim_state.safetensors + optim_state.json (no pickle).
+STATE_STEM = "optim_state"
+LEGACY_STATE_FILE = "optim_state.pt"  # the pickle earlier versions wrote
 
 
 class SingleStrategy(TorchEngineStrategy):
@@ -47,12 +50,13 @@ class SingleStrategy(TorchEngineStrategy):
         if self.dist.is_main:
             path.mkdir(parents=True, exist_ok=True)
             save_model(self.hf_model, str(path / MODEL_FILE))
-            torch.save({"optimizer": self.optimizer.state_dict(), **self.schedule_state()}, path / STATE_FILE)
+            save_state({"optimizer": self.optimizer.state_dict(), **self.schedule_state()}, path / STATE_STEM)
 
     def load(self, path: Path) -> None:
         # Every DDP rank reads the same full state: replicas must start identical.
         load_model(self.hf_model, str(path / MODEL_FILE), device=str(self.dist.device))
-        state = torch.load(path / STATE_FILE, map_location=self.dist.device, weights_only=False)
+        # On the CPU: load_state_dict moves each moment to its parameter's device.
+        state = load_state_or_legacy(path / STATE_STEM, path / LEGACY_STATE_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_schedule_state(state)
 

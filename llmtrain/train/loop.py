@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmtrain.checkpoint import layout
-from llmtrain.checkpoint.io import load_checkpoint, resume_point, save_checkpoint
+from llmtrain.checkpoint.io import keep_newest_finite, load_checkpoint, resume_point, save_checkpoint
 from llmtrain.cluster.signals import StopRequest
 from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig
@@ -23,6 +23,7 @@ from llmtrain.dist import (
     DistInfo,
     ParallelDims,
     all_reduce_max_host,
+    broadcast_object,
     destroy,
     init_distributed,
     is_main_process,
@@ -45,13 +46,30 @@ from llmtrain.train.step import train_step
 log = logging.getLogger("llmtrain")
 
 
+# Process exit codes (`TrainResult.exit_code`; `launch/train.py` exits with it). 1 is Python's for
+# an uncaught exception and 2 the launcher's for a config, data or checkpoint error.
+EXIT_OK = 0
+EXIT_DIVERGED = 3
+EXIT_STOPPED = 75  # sysexits' EX_TEMPFAIL: unfinished but resumable, rerun with the same run.dir
+
+
 @dataclass
 class TrainResult:
+    """How a run ended. `exit_code`:
+
+    | code | when |
+    | --- | --- |
+    | 0 (`EXIT_OK`) | `trainer.max_steps` reached; or a SLURM USR1 stop whose job was requeued |
+    | 3 (`EXIT_DIVERGED`) | `trainer.max_nonfinite_steps` consecutive non-finite steps: no checkpoint of the diverged state; `latest` is the newest finite checkpoint (saved with no streak running) |
+    | 75 (`EXIT_STOPPED`) | stopped by a signal before `max_steps` and not requeued: checkpoint written, a rerun resumes |
+    """
+
     run_dir: Path
     step: int
     stop_reason: str
     final_val_loss: float | None
     last_checkpoint: Path | None
+    exit_code: int = EXIT_OK
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -99,14 +117,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     state.wandb_run_id = tracker.wandb_run_id
     sampler = PromptSampler(cfg, data.tokenizer) if trainer.sample_prompts else None
     evaluator = Evaluator(strategy, val_loader, tracker, sampler)
-    meter = IntervalMeter(
-        dist.device,
-        flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
-        mfu_peak_flops(dist.device, trainer.precision, cfg.model.dtype, dist.world_size),
-        strategy.dp_group,
-    )
-    if state.interval:
-        meter.restore(state.interval, dist.is_main)
+    meter = _interval_meter(cfg, strategy, state)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
     stop_reason = f"reached trainer.max_steps={trainer.max_steps}"
@@ -114,7 +125,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
 
     def checkpoint() -> Path:
         state.interval = meter.snapshot()
-        return save_checkpoint(run_dir.path, strategy, state.to_dict(), cfg)
+        finite = state.nonfinite_streak == 0
+        return save_checkpoint(run_dir.path, strategy, state.to_dict(), cfg, finite)
 
     data_iter = iter(train_loader)
     if state.step == 0 and trainer.eval_every:
@@ -135,9 +147,6 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
             save_step = state.step % trainer.save_every == 0 and state.step < trainer.max_steps
             # A run of max_nonfinite_steps skipped steps ends training at the first read after it.
             if (log_step or save_step) and skips.read(state) >= trainer.max_nonfinite_steps:
-                stop_reason = (
-                    f"{state.nonfinite_streak} consecutive non-finite steps (trainer.max_nonfinite_steps)"
-                )
                 break
             if log_step:
                 _log_interval(tracker, state, meter, out.result, strategy)
@@ -152,14 +161,53 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
                 last_ckpt = checkpoint()
     finally:
         stop.uninstall()
-    skips.read(state)  # steps since the last read (a signal stop), before the final checkpoint
+    # Steps since the last read (a signal stop), before the final checkpoint.
+    diverged = skips.read(state) >= trainer.max_nonfinite_steps
+    if diverged:
+        stop_reason, last_ckpt = _diverged(state, trainer.max_nonfinite_steps, run_dir.path)
+    else:
+        if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
+            val_loss = evaluator(state)
+        if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
+            last_ckpt = checkpoint()
+    requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
+    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued)
+    return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)
 
-    if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
-        val_loss = evaluator(state)
-    if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
-        last_ckpt = checkpoint()
-    _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
-    return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt)
+
+def _interval_meter(cfg: TrainConfig, strategy: Strategy, state: TrainState) -> IntervalMeter:
+    """The loop's meter, continuing the interval a resumed checkpoint carried."""
+    dist = strategy.dist
+    meter = IntervalMeter(
+        dist.device,
+        flops_per_token(strategy.hf_model.config, cfg.data.seq_len),
+        mfu_peak_flops(dist.device, cfg.trainer.precision, cfg.model.dtype, dist.world_size),
+        strategy.dp_group,
+    )
+    if state.interval:
+        meter.restore(state.interval, dist.is_main)
+    return meter
+
+
+def _diverged(state: TrainState, limit: int, run_dir: Path) -> tuple[str, Path | None]:
+    """The stop reason and the checkpoint to leave as `latest` when the run diverged.
+
+    Saving now would make the diverged state `latest` (at max_steps a rerun would think it
+    finished): keep what was saved, with `latest` at the newest finite checkpoint.
+    """
+    reason = (
+        f"diverged: {state.nonfinite_streak} consecutive non-finite steps up to step {state.step} "
+        f"(trainer.max_nonfinite_steps={limit}); not saved"
+    )
+    last_ckpt = keep_newest_finite(run_dir)
+    log.error("%s; latest checkpoint: %s", reason, last_ckpt)
+    return reason, last_ckpt
+
+
+def _exit_code(diverged: bool, finished: bool) -> int:
+    if diverged:
+        return EXIT_DIVERGED
+    return EXIT_OK if finished else EXIT_STOPPED
 
 
 def _log_data(data: RunData) -> None:
@@ -215,9 +263,12 @@ def _finish(
     state: TrainState,
     stop_reason: str,
     val_loss: float | None,
-    last_ckpt: Path,
+    last_ckpt: Path | None,
     run_dir: Path,
-) -> None:
+) -> bool:
+    """Summary and, after SLURM's warning signal, the requeue; returns whether the job was
+    requeued, on every rank (they must all exit 0 then: `srun --kill-on-bad-exit` would otherwise
+    end rank 0 before its requeue)."""
     tracker.summary(
         {
             "stop": stop_reason,
@@ -225,13 +276,15 @@ def _finish(
             "tokens": state.tokens,
             "final_val_loss": val_loss,
             "best_val_loss": state.best_val_loss,
-            "checkpoint": str(last_ckpt),
+            "checkpoint": str(last_ckpt) if last_ckpt else None,
         }
     )
     log.info("stop: %s", stop_reason)
     log.info("run directory: %s", run_dir)
     tracker.close()
+    requeued = False
     if stop.signal_name == "SIGUSR1" and is_main_process():
         # SLURM's warning before the time limit: the checkpoint is complete on every rank (the save
         # ends with a barrier), so come back as the same job and resume from it.
-        requeue_current_job()
+        requeued = requeue_current_job()
+    return bool(broadcast_object(requeued))

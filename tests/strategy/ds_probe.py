@@ -71,7 +71,7 @@ def main(out: Path, overrides: list[str]) -> None:
     for step in range(STEPS):
         result = train_step(strategy, batches(step, dist.rank, accum, micro))
         losses.append(float(result.loss_sum))
-    save_checkpoint(out / "run", strategy, {"step": STEPS, "tokens": 0}, cfg)
+    save_checkpoint(out / "run", strategy, {"step": STEPS, "tokens": 0}, cfg, finite=True)
     full = strategy.full_state_dict()
 
     probe_ids = torch.randint(0, VOCAB, (2, SEQ_LEN), generator=torch.Generator().manual_seed(7))

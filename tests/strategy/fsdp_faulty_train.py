@@ -4,6 +4,7 @@ The fault is chosen by environment variables and injected by wrapping the loop's
 outside, so the library carries no test hooks:
   FAULT=inf   FAULT_STEP=k              the loss of global step k is multiplied by inf before
                                         backward: every gradient overflows (an fp16 overflow).
+  FAULT=inf_from FAULT_STEP=k           the same for every step from k on: a divergence.
   FAULT=hang  FAULT_STEP=k FAULT_RANK=r rank r stops at step k without dying (a stuck rank): the
                                         others must fail after dist.timeout_s. It still dies on
                                         SIGTERM: with the loop's graceful-stop handler it would make
@@ -35,8 +36,8 @@ _calls = 0
 def faulty_train_step(strategy, micro_batches):
     global _calls
     _calls += 1
-    if _calls == FAULT_STEP:
-        if FAULT == "inf":
+    if _calls == FAULT_STEP or (FAULT == "inf_from" and _calls >= FAULT_STEP):
+        if FAULT in ("inf", "inf_from"):
             backward = strategy.backward
             strategy.backward = lambda loss, is_last_micro: backward(loss * float("inf"), is_last_micro)
             try:

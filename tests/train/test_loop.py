@@ -16,7 +16,7 @@ import pytest
 from llmtrain.config import ConfigError, load_config
 from llmtrain.data.loader import build_train_loader
 from llmtrain.data.pretrain.prepare import ensure_shards
-from llmtrain.train.loop import train
+from llmtrain.train.loop import EXIT_OK, EXIT_STOPPED, train
 
 N = 6  # steps before the interruption
 
@@ -83,12 +83,13 @@ def test_resume_after_sigterm_continues_with_identical_losses(workdir, uninterru
     first = train(load_config(overrides(workdir, "interrupted")))
     watcher.join()
     assert "SIGTERM" in first.stop_reason
+    assert first.exit_code == EXIT_STOPPED, "an unfinished stop without a requeue is not a success"
     stopped_at = first.step
     assert N <= stopped_at < 3 * N, f"the signal should stop the run mid-way, stopped at {stopped_at}"
     assert json.loads((first.last_checkpoint / "trainer_state.json").read_text())["step"] == stopped_at
 
     second = train(load_config(overrides(workdir, "interrupted")))
-    assert second.step == 3 * N
+    assert second.step == 3 * N and second.exit_code == EXIT_OK
     full, resumed = losses(uninterrupted), losses(run_dir)
     assert sorted(resumed) == list(range(1, 3 * N + 1)), "every step logged exactly once"
     for step in range(stopped_at + 1, 3 * N + 1):
