@@ -18,8 +18,8 @@ from llmtrain.checkpoint import layout, manifest
 from llmtrain.checkpoint.compat import check_resume_compatible
 from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import TrainConfig, from_yaml, to_yaml
-from llmtrain.dist import barrier, broadcast_object, is_main_process
-from llmtrain.strategy import state_file
+from llmtrain.dist import barrier, broadcast_object, get_world_size, is_main_process
+from llmtrain.strategy import state_file, strategy_class
 from llmtrain.strategy.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,34 @@ def resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
     if ckpt is None:
         return None
     check_resume_compatible(from_yaml(Path(ckpt) / layout.CONFIG), cfg, str(run_dir))
+    # Before any write into the run dir: a checkpoint this strategy cannot load refuses here.
+    strategy = strategy_class(cfg.strategy.name)
+    check_loadable(
+        Path(ckpt), layout.read_meta(Path(ckpt)), cfg.strategy.name, strategy.reshards, get_world_size()
+    )
     return Path(ckpt)
+
+
+def check_loadable(
+    ckpt: Path, meta: layout.CheckpointMeta, strategy: str, reshards: bool, world: int
+) -> None:
+    """Refuse a checkpoint of another strategy, or of another world size the strategy cannot
+    reshard, with the way to carry the weights over."""
+    export_recipe = (
+        f"export the weights with `python launch/export_hf.py {ckpt} OUT` and start a new run "
+        "(new run.dir) from model.pretrained=OUT (optimizer state restarts)"
+    )
+    if meta.strategy != strategy:
+        raise CheckpointError(
+            f"{ckpt} was written by strategy {meta.strategy!r} but this run uses {strategy!r}; "
+            + export_recipe
+        )
+    if meta.world_size != world and not reshards:
+        raise CheckpointError(
+            f"{ckpt} was written by {meta.world_size} {strategy} ranks, this run has {world}: "
+            f"{strategy} cannot reshard its checkpoint here. Resume on {meta.world_size} ranks, or "
+            + export_recipe
+        )
 
 
 def save_checkpoint(
@@ -130,22 +157,8 @@ def keep_newest_finite(run_dir: Path) -> Path | None:
 def load_checkpoint(ckpt: Path, strategy: Strategy) -> dict[str, Any]:
     """Restore strategy state and this rank's RNG; return the trainer state."""
     meta = layout.read_meta(ckpt)
-    export_recipe = (
-        f"export the weights with `python launch/export_hf.py {ckpt} OUT` and start a new run "
-        "(new run.dir) from model.pretrained=OUT (optimizer state restarts)"
-    )
-    if meta.strategy != strategy.name:
-        raise CheckpointError(
-            f"{ckpt} was written by strategy {meta.strategy!r} but this run uses {strategy.name!r}; "
-            + export_recipe
-        )
     world = strategy.dist.world_size
-    if meta.world_size != world and not strategy.reshards:
-        raise CheckpointError(
-            f"{ckpt} was written by {meta.world_size} {strategy.name} ranks, this run has {world}: "
-            f"{strategy.name} cannot reshard its checkpoint here. Resume on {meta.world_size} ranks, or "
-            + export_recipe
-        )
+    check_loadable(ckpt, meta, strategy.name, type(strategy).reshards, world)
     strategy.load(ckpt / layout.MODEL_DIR)
     rng_file = layout.rng_file(ckpt, strategy.dist.rank)
     if meta.world_size != world:

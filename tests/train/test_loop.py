@@ -202,3 +202,19 @@ def test_a_resume_that_would_not_apply_a_key_refuses_and_writes_nothing(
     with pytest.raises(ConfigError, match=rf"{key}: checkpoint has .*\(.*{why}"):
         train(cfg)
     assert files() == before
+
+
+def test_a_resume_refused_for_another_strategy_writes_nothing(workdir, uninterrupted):
+    """It used to be refused only after config.yaml, the tokenizer and the log were rewritten."""
+    from llmtrain.checkpoint.errors import CheckpointError
+
+    def files() -> dict:
+        return {
+            p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file() and p.name != ".lock"
+        }
+
+    before = files()
+    cfg = load_config(overrides(workdir, "full", strategy="fsdp", **{"trainer.max_steps": 4 * N}))
+    with pytest.raises(CheckpointError, match="written by strategy 'single' but this run uses 'fsdp'"):
+        train(cfg)
+    assert files() == before
