@@ -342,6 +342,12 @@ class TrainConfig:
                 f"parallel.sp={par.sp} does not divide data.seq_len={self.data.seq_len} (each sequence-parallel "
                 "rank takes an equal contiguous slice of every sequence)",
             )
+            require(
+                model.attn_implementation in ("auto", "sdpa"),
+                "parallel.sp",
+                f"parallel.sp={par.sp} wraps PyTorch SDPA attention; model.attn_implementation="
+                f"{model.attn_implementation} is not supported with it, use sdpa",
+            )
             if model.pretrained is None:
                 for key, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads)):
                     require(

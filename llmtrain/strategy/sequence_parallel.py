@@ -28,6 +28,8 @@ import torch.distributed as tdist
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from llmtrain.config import ConfigError
+
 ATTN_IMPLEMENTATION = "llmtrain_ulysses"
 # What a slot added to make the length a multiple of sp holds (as in llmtrain.data.collate): no
 # loss, position 0, no document; it sits after every real token, so causal attention never sees it.
@@ -91,13 +93,13 @@ class SequenceParallel:
         could not have had (the schema checks the heads of a model it builds)."""
         config = model.config
         if config._attn_implementation != "sdpa":
-            raise ValueError(
+            raise ConfigError(
                 f"parallel.sp needs model.attn_implementation=sdpa (got {config._attn_implementation}): "
                 "the all-to-alls wrap PyTorch SDPA"
             )
         for key in ("num_attention_heads", "num_key_value_heads"):
             if getattr(config, key) % self.size:
-                raise ValueError(
+                raise ConfigError(
                     f"parallel.sp={self.size} does not divide the model's {key}={getattr(config, key)}"
                 )
         config._attn_implementation = ATTN_IMPLEMENTATION

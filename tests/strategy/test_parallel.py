@@ -4,6 +4,7 @@ checkpoints resume as plain FSDP and export a normal Hugging Face folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
 FAULTY = HERE / "parallel_faulty_train.py"
 SP_FAULTY = HERE / "sp_faulty_train.py"
+SP_PACKED = HERE / "sp_packed_probe.py"
 STEPS, FIRST = 8, 5
 # fp32 on CPU; only the order of sums differs (measured: losses within 1e-6, grad norms 1e-6 rel).
 RTOL = 1e-4
@@ -121,6 +123,14 @@ def test_negative_control_a_label_count_over_all_ranks_is_caught(reference, sft_
 
 
 @pytest.mark.slow
+def test_packed_examples_under_sequence_parallel_have_the_losses_of_each_example_alone(tmp_path):
+    out = tmp_path / "losses.json"
+    launch("torchrun", 2, [str(out)], script=SP_PACKED)
+    losses = json.loads(out.read_text())
+    assert losses["packed"] == pytest.approx(losses["alone"], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_negative_control_an_all_to_all_that_keeps_its_own_chunks_is_caught(reference, sft_args):
     """An all-to-all that sends nothing (each rank keeps its own chunks: attention then sees its
     own slice repeated, not the sequence) must fail the comparison at the first step."""
@@ -158,18 +168,20 @@ def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses
 
 
 @pytest.mark.slow
-def test_export_of_a_tensor_parallel_run_is_a_normal_hf_folder_with_the_trained_logits(
-    reference, tp2, tmp_path
+@pytest.mark.parametrize("layout", ["tp2", "sp2"])
+def test_export_of_a_tensor_or_sequence_parallel_run_is_a_normal_hf_folder_with_the_trained_logits(
+    reference, request, tmp_path, layout
 ):
+    run = request.getfixturevalue(layout) / "checkpoints" / f"step_{FIRST:06d}"
     exports = {}
-    for name, run in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), ("tp2", tp2)):
-        launch("python", 1, [str(run), str(tmp_path / name)], script=EXPORT)
+    for name, ckpt in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), (layout, run)):
+        launch("python", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
         exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
     ids = torch.randint(
         0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
-        a, b = (exports[n](input_ids=ids).logits for n in ("single", "tp2"))
+        a, b = (exports[n](input_ids=ids).logits for n in ("single", layout))
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
 
 
@@ -196,6 +208,7 @@ def test_a_world_size_the_degrees_do_not_divide_fails_naming_the_keys():
             ["strategy=fsdp", "parallel.sp=2", "data.seq_len=127"],
             "parallel.sp=2 does not divide data.seq_len=127",
         ),
+        (["strategy=fsdp", "parallel.sp=2", "model.attn_implementation=eager"], "wraps PyTorch SDPA"),
         (["strategy=single", "parallel.dp_replicate=2"], "parallel.dp_replicate=2 needs strategy=fsdp"),
     ],
 )
