@@ -113,12 +113,14 @@ def ensure_process_group(device: torch.device, timeout_s: int) -> None:
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """How the world splits: world = dp_replicate × dp_shard × tp, ranks laid out with tp fastest
-    (a tensor-parallel group is consecutive ranks, i.e. GPUs of one node)."""
+    """How the world splits: world = dp_replicate × dp_shard × sp × tp, ranks laid out with tp
+    fastest, then sp (a tensor- or sequence-parallel group is consecutive ranks, i.e. GPUs of one
+    node)."""
 
     dp_replicate: int
     dp_shard: int
     tp: int
+    sp: int = 1
 
     @classmethod
     def from_config(cls, parallel: ParallelConfig, world_size: int) -> ParallelDims:
@@ -129,41 +131,74 @@ class ParallelDims:
                 f"parallel.sp={parallel.sp} × parallel.tp={parallel.tp} = {fixed}; launch a multiple of "
                 f"{fixed} ranks or lower the degrees"
             )
-        return cls(parallel.dp_replicate, world_size // fixed, parallel.tp)
+        return cls(parallel.dp_replicate, world_size // fixed, parallel.tp, parallel.sp)
 
     @property
     def dp(self) -> int:
-        """Data-parallel size: how many different batches a step trains on."""
+        """Data-parallel size: how many different batches a step trains on (sequence-parallel
+        peers share theirs)."""
         return self.dp_replicate * self.dp_shard
 
+    @property
+    def fsdp(self) -> int:
+        """Ranks FSDP2 shards and reduces gradients over: the data-parallel and sequence-parallel
+        ranks (each sequence-parallel rank computes gradients from its own slice of the tokens)."""
+        return self.dp * self.sp
+
     def dp_rank(self, rank: int) -> int:
-        return rank // self.tp
+        return rank // (self.sp * self.tp)
+
+    def sp_rank(self, rank: int) -> int:
+        return rank // self.tp % self.sp
 
 
-def data_parallel_mesh(device: torch.device, dims: ParallelDims | None = None) -> Any:
-    """The mesh FSDP2 shards over, and the tensor-parallel mesh (None when tp = 1).
+@dataclass(frozen=True)
+class Meshes:
+    """What `data_parallel_mesh` builds: the mesh FSDP2 shards over, the tensor-parallel mesh and
+    the sequence-parallel group (None when that degree is 1)."""
+
+    fsdp: Any
+    tp: Any = None
+    sp_group: Any = None
+
+
+def data_parallel_mesh(device: torch.device, dims: ParallelDims | None = None) -> Meshes:
+    """The device mesh of the FSDP path, cut into what the strategy applies.
 
     1-D over every rank for plain FSDP; (replicate, shard) for HSDP, which FSDP2 reads as
-    "all-reduce across dim 0, reduce-scatter within dim 1"; with tp > 1 the data-parallel dims of
-    a (dp_replicate, dp_shard, tp) mesh.
+    "all-reduce across dim 0, reduce-scatter within dim 1". With sp > 1 FSDP2 shards over the
+    dp_shard and sp dims flattened into one (torchtitan does the same with context parallel), so
+    gradients are reduced over the sequence-parallel ranks too; with tp > 1 it shards over the
+    data-parallel dims of the mesh and the tp dim is the tensor-parallel mesh.
     """
     from torch.distributed.device_mesh import init_device_mesh
 
-    if dims is None or (dims.tp == 1 and dims.dp_replicate == 1):
-        return init_device_mesh(device.type, (get_world_size(),)), None
-    names = ("dp_replicate", "dp_shard", "tp")
-    mesh = init_device_mesh(device.type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=names)
-    dp_mesh = mesh[("dp_replicate", "dp_shard")] if dims.dp_replicate > 1 else mesh["dp_shard"]
-    return dp_mesh, (mesh["tp"] if dims.tp > 1 else None)
+    if dims is None or (dims.tp == 1 and dims.sp == 1 and dims.dp_replicate == 1):
+        return Meshes(init_device_mesh(device.type, (get_world_size(),)))
+    names = ("dp_replicate", "dp_shard", "sp", "tp")
+    mesh = init_device_mesh(
+        device.type, (dims.dp_replicate, dims.dp_shard, dims.sp, dims.tp), mesh_dim_names=names
+    )
+    shard = "dp_shard"
+    if dims.sp > 1:
+        shard = "dp_shard_sp"
+        mesh["dp_shard", "sp"]._flatten(shard)
+    fsdp_mesh = mesh["dp_replicate", shard] if dims.dp_replicate > 1 else mesh[shard]
+    return Meshes(
+        fsdp_mesh,
+        tp=mesh["tp"] if dims.tp > 1 else None,
+        sp_group=mesh["sp"].get_group() if dims.sp > 1 else None,
+    )
 
 
 _dp_groups: dict[ParallelDims, Any] = {}
 
 
 def data_parallel_group(dims: ParallelDims) -> Any:
-    """This rank's data-parallel peers (the ranks of its tensor-parallel coordinate); None (the
-    whole world) without tensor parallelism. Label counts and metrics are summed over it, since
-    the ranks of one tensor-parallel group see the same batch."""
+    """This rank's data- and sequence-parallel peers (the ranks of its tensor-parallel coordinate);
+    None (the whole world) without tensor parallelism. Label counts and metrics are summed over it:
+    the ranks of one tensor-parallel group see the same tokens, while sequence-parallel peers each
+    hold their own slice of them."""
     if dims.tp == 1 or not is_distributed():
         return None
     if dims not in _dp_groups:

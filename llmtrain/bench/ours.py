@@ -60,7 +60,7 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
             clock = PhaseClock(dist.device)
             meter.reset()
         clock.start()
-        batches = [to_device(next(it), dist.device) for _ in range(accum)]
+        batches = [strategy.local_batch(to_device(next(it), dist.device)) for _ in range(accum)]
         clock("data")
         out = train_step(strategy, batches, phase_done=clock if i >= warmup else None)
         meter.add(out.loss_sum, out.num_labels, batches)
@@ -69,7 +69,7 @@ def bench_llmtrain(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: int,
     sync(dist.device)
     timed = meter.read()
     # One more step, untimed, to measure what a step allocates on top of weights and states.
-    batches = [to_device(next(it), dist.device) for _ in range(accum)]
+    batches = [strategy.local_batch(to_device(next(it), dist.device)) for _ in range(accum)]
     with track_peak_allocation(dist.device) as step_peak:
         train_step(strategy, batches)
     return BenchResult(

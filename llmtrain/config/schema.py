@@ -306,7 +306,12 @@ class TrainConfig:
         """Mesh degrees against the strategy and the model shape (the world size is checked when the
         job starts, `llmtrain.dist.ParallelDims`)."""
         par, model = self.parallel, self.model
-        for key in ("tp", "dp_replicate"):
+        if par.sp > 1 and self.strategy.is_deepspeed:
+            raise ConfigError(
+                f"parallel.sp={par.sp} with strategy={self.strategy.name} is not supported yet "
+                "(DeepSpeed's Ulysses); use strategy=fsdp"
+            )
+        for key in ("tp", "dp_replicate", "sp"):
             if getattr(par, key) > 1:
                 require(
                     self.strategy.name == "fsdp",
@@ -331,4 +336,25 @@ class TrainConfig:
                         "parallel.tp",
                         f"parallel.tp={par.tp} does not divide model.{key}={value} (each tensor-parallel "
                         "rank takes an equal share of the heads and MLP columns)",
+                    )
+        if par.sp > 1:
+            require(
+                self.data.seq_len % par.sp == 0,
+                "parallel.sp",
+                f"parallel.sp={par.sp} does not divide data.seq_len={self.data.seq_len} (each sequence-parallel "
+                "rank takes an equal contiguous slice of every sequence)",
+            )
+            require(
+                model.attn_implementation in ("auto", "sdpa"),
+                "parallel.sp",
+                f"parallel.sp={par.sp} wraps PyTorch SDPA attention; model.attn_implementation="
+                f"{model.attn_implementation} is not supported with it, use sdpa",
+            )
+            if model.pretrained is None:
+                for key, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads)):
+                    require(
+                        value % par.sp == 0,
+                        "parallel.sp",
+                        f"parallel.sp={par.sp} does not divide model.{key}={value} (attention runs on "
+                        "whole sequences for an equal share of the query and key/value heads)",
                     )

@@ -102,7 +102,8 @@ class ParallelConfig:
     # Tensor parallel (DTensor, strategy=fsdp): attention and MLP projections split over `tp` ranks
     # of a node (column-wise q/k/v/gate/up, row-wise o/down); embeddings, norms and lm_head replicated.
     tp: int = 1
-    # Sequence parallel (Ulysses): not implemented yet; must be 1.
+    # Sequence parallel (Ulysses, strategy=fsdp): each of `sp` ranks holds a contiguous slice of every
+    # sequence; around attention two all-to-alls swap the sequence slices for head slices.
     sp: int = 1
     # HSDP (strategy=fsdp): parameters sharded within each of `dp_replicate` groups, replicated across.
     dp_replicate: int = 1
@@ -111,7 +112,9 @@ class ParallelConfig:
         for key in ("tp", "sp", "dp_replicate"):
             require(getattr(self, key) >= 1, f"parallel.{key}", f"must be >= 1, got {getattr(self, key)}")
         require(
-            self.sp == 1, "parallel.sp", f"sequence parallel is not implemented yet; got {self.sp}, use 1"
+            self.sp == 1 or self.tp == 1,
+            "parallel.sp",
+            f"parallel.sp={self.sp} with parallel.tp={self.tp} is not supported yet; use one of the two",
         )
 
 

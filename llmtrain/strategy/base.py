@@ -61,7 +61,8 @@ class Strategy(ABC):
 
     @property
     def dp_size(self) -> int:
-        """Data-parallel size: ranks that train on different samples (world / tensor-parallel)."""
+        """Data-parallel size: ranks that train on different samples (world / (tensor × sequence
+        parallel))."""
         return self.dims.dp
 
     @property
@@ -70,8 +71,14 @@ class Strategy(ABC):
 
     @property
     def dp_group(self) -> Any:
-        """The process group label counts and metrics are summed over (None: all ranks)."""
+        """The process group label counts and metrics are summed over (None: all ranks): the
+        data-parallel and sequence-parallel ranks, whose local batches hold different tokens."""
         return data_parallel_group(self.dims)
+
+    def local_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's part of a batch its data-parallel rank loaded: all of it, except under
+        sequence parallelism (a slice of every sequence). Label and token counts are taken from it."""
+        return batch
 
     @property
     def hf_model(self) -> PreTrainedModel:

@@ -40,6 +40,7 @@ from llmtrain.dist import data_parallel_mesh, ensure_process_group
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.model.precision import DTYPES, mixed_precision_dtype
 from llmtrain.strategy.dcp_reader import SafeFileSystemReader, WeightsOnlyLoadPlanner
+from llmtrain.strategy.sequence_parallel import SequenceParallel
 from llmtrain.strategy.state_file import load_state_or_legacy, save_state
 from llmtrain.strategy.tensor_parallel import apply_tensor_parallel
 from llmtrain.strategy.torch_engine import TorchEngineStrategy
@@ -106,17 +107,21 @@ def _module_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class FSDPStrategy(TorchEngineStrategy):
     name = "fsdp"
     reshards = True  # DCP reads whatever slices this rank's shards need
+    sequence_parallel: SequenceParallel | None = None
 
     def setup(self, module: CausalLMLoss, lr_lambda: Callable[[int], float]) -> None:
         # FSDP2 and DCP need a process group even alone.
         ensure_process_group(self.dist.device, self.cfg.dist.timeout_s)
         fsdp = self.cfg.strategy.fsdp
-        dp_mesh, tp_mesh = data_parallel_mesh(self.dist.device, self.dims)
-        if tp_mesh is not None:  # before FSDP: FSDP2 shards the DTensors TP made, over dp_mesh
-            apply_tensor_parallel(module.model, tp_mesh, decoder_layers(module.model))
+        meshes = data_parallel_mesh(self.dist.device, self.dims)
+        if meshes.tp is not None:  # before FSDP: FSDP2 shards the DTensors TP made, over its mesh
+            apply_tensor_parallel(module.model, meshes.tp, decoder_layers(module.model))
+        if meshes.sp_group is not None:
+            self.sequence_parallel = SequenceParallel(meshes.sp_group)
+            self.sequence_parallel.apply(module.model)
         shard_model(
             module,
-            dp_mesh,
+            meshes.fsdp,
             param_dtype=mixed_precision_dtype(self.cfg.trainer.precision),
             reduce_dtype=DTYPES[fsdp.reduce_dtype],
             reshard_after_forward=fsdp.reshard_after_forward,
@@ -129,6 +134,20 @@ class FSDPStrategy(TorchEngineStrategy):
     @property
     def wrapped(self) -> torch.nn.Module:
         return self.fsdp_module
+
+    def local_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.sequence_parallel is None:
+            return batch
+        return self.sequence_parallel.local_batch(batch)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        sp = self.sequence_parallel
+        if sp is None or batch["labels"] is None:  # generation: every rank holds the whole prompt
+            return super().forward(batch)
+        if batch.get("document_ids") is not None:  # the document mask spans the whole sequence
+            batch = {**batch, "document_ids": sp.full_document_ids(batch["document_ids"])}
+        with sp.active():
+            return super().forward(batch)
 
     @property
     def fsdp_module(self) -> FSDPModule:
@@ -143,9 +162,10 @@ class FSDPStrategy(TorchEngineStrategy):
         # Until the last micro-batch, gradients accumulate unsharded on each rank and are
         # reduce-scattered once, instead of once per micro-batch.
         self.fsdp_module.set_requires_gradient_sync(is_last_micro)
-        # The reduce-scatter averages over ranks; the loop's normalisation wants the sum. (Scaling
-        # the loss rather than the reduction keeps FSDP on its default, backend-portable AVG op.)
-        self.scaler.scale(loss * self.dp_size).backward()
+        # The reduce-scatter averages over its ranks (data- and sequence-parallel); the loop's
+        # normalisation wants the sum. (Scaling the loss rather than the reduction keeps FSDP on
+        # its default, backend-portable AVG op.)
+        self.scaler.scale(loss * self.dims.fsdp).backward()
 
     def _dcp_state(self) -> dict[str, dict]:
         # Flattened optimizer state ("state.<fqn>.exp_avg") is keyed by parameter name only, so

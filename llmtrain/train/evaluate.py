@@ -34,7 +34,7 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
         for i, batch in enumerate(val_loader):
             if i == n_batches:
                 break
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = strategy.local_batch({k: v.to(device) for k, v in batch.items()})
             totals[0] += strategy.forward(batch).double()
             totals[1] += (batch["labels"] != IGNORE_INDEX).sum()
     all_reduce_sum(totals, strategy.dp_group)

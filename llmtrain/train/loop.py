@@ -135,7 +135,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     try:
         while state.step < trainer.max_steps:
             t_data = time.perf_counter()
-            micro_batches = [to_device(next(data_iter), dist.device) for _ in range(accum)]
+            micro_batches = [
+                strategy.local_batch(to_device(next(data_iter), dist.device)) for _ in range(accum)
+            ]
             data_seconds = time.perf_counter() - t_data
             out = train_step(strategy, micro_batches)
             state.step += 1

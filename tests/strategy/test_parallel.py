@@ -1,9 +1,10 @@
-"""The device mesh on the FSDP path: tensor parallel (DTensor) and HSDP reproduce one process, on
-packed SFT rows of unequal length; a tensor-parallel checkpoint resumes as plain FSDP and exports a
-normal Hugging Face folder. Sequence parallel is not implemented yet (a config error)."""
+"""The device mesh on the FSDP path: tensor parallel (DTensor), sequence parallel (Ulysses) and HSDP
+reproduce one process, on packed SFT rows of unequal length; tensor- and sequence-parallel
+checkpoints resume as plain FSDP and export a normal Hugging Face folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from llmtrain.dist import ParallelDims
 HERE = Path(__file__).resolve().parent
 EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
 FAULTY = HERE / "parallel_faulty_train.py"
+SP_FAULTY = HERE / "sp_faulty_train.py"
+SP_PACKED = HERE / "sp_packed_probe.py"
 STEPS, FIRST = 8, 5
 # fp32 on CPU; only the order of sums differs (measured: losses within 1e-6, grad norms 1e-6 rel).
 RTOL = 1e-4
@@ -75,6 +78,13 @@ def tp2(sft_args) -> Path:
     return sft_args.tmp / "tp2"
 
 
+@pytest.fixture(scope="module")
+def sp2(sft_args) -> Path:
+    """Sequence parallel on 2 ranks, the full 8 steps, saving at step 5."""
+    launch("torchrun", 2, sft_args("sp2", strategy="fsdp", **{"parallel.sp": 2}))
+    return sft_args.tmp / "sp2"
+
+
 @pytest.mark.slow
 def test_packed_rows_have_unequal_lengths_so_the_token_mean_is_tested(reference):
     assert "packing=True" in (reference / "train.log").read_text()
@@ -86,8 +96,15 @@ def test_tensor_parallel_on_two_ranks_reproduces_one_process(reference, tp2):
 
 
 @pytest.mark.slow
+def test_sequence_parallel_on_two_ranks_reproduces_one_process(reference, sp2):
+    _assert_same(_rows(reference), _rows(sp2), range(1, FIRST + 1))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "layout", [{"parallel.tp": 2}, {"parallel.dp_replicate": 2}], ids=["tp2_x_fsdp2", "hsdp2_x_fsdp2"]
+    "layout",
+    [{"parallel.tp": 2}, {"parallel.dp_replicate": 2}, {"parallel.sp": 2}],
+    ids=["tp2_x_fsdp2", "hsdp2_x_fsdp2", "sp2_x_fsdp2"],
 )
 def test_four_rank_meshes_reproduce_one_process(reference, sft_args, layout):
     name = "mesh4_" + "_".join(f"{k.split('.')[1]}{v}" for k, v in layout.items())
@@ -106,6 +123,43 @@ def test_negative_control_a_label_count_over_all_ranks_is_caught(reference, sft_
 
 
 @pytest.mark.slow
+def test_packed_examples_under_sequence_parallel_have_the_losses_of_each_example_alone(tmp_path):
+    out = tmp_path / "losses.json"
+    launch("torchrun", 2, [str(out)], script=SP_PACKED)
+    losses = json.loads(out.read_text())
+    assert losses["packed"] == pytest.approx(losses["alone"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_negative_control_an_all_to_all_that_keeps_its_own_chunks_is_caught(reference, sft_args):
+    """An all-to-all that sends nothing (each rank keeps its own chunks: attention then sees its
+    own slice repeated, not the sequence) must fail the comparison at the first step."""
+    args = sft_args("sp2_faulty", strategy="fsdp", **{"parallel.sp": 2, "trainer.max_steps": 2})
+    launch("torchrun", 2, args, script=SP_FAULTY)
+    with pytest.raises(AssertionError, match="loss at step 1"):
+        _assert_same(_rows(reference), _rows(sft_args.tmp / "sp2_faulty"), range(1, 3))
+
+
+@pytest.mark.slow
+def test_a_sequence_parallel_run_resumed_at_step_5_continues_with_the_same_losses(reference, sp2, sft_args):
+    resumed = sft_args.tmp / "sp2_resumed"
+    resumed.mkdir()
+    shutil.copytree(sp2 / "checkpoints" / f"step_{FIRST:06d}", resumed / "checkpoints" / f"step_{FIRST:06d}")
+    launch("torchrun", 2, sft_args("sp2_resumed", strategy="fsdp", **{"parallel.sp": 2}))
+    _assert_same(_rows(sp2), _rows(resumed), range(FIRST + 1, STEPS + 1))
+    _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_a_sequence_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(reference, sp2, sft_args):
+    resumed = sft_args.tmp / "sp2_as_fsdp"
+    resumed.mkdir()
+    shutil.copytree(sp2 / "checkpoints" / f"step_{FIRST:06d}", resumed / "checkpoints" / f"step_{FIRST:06d}")
+    launch("torchrun", 2, sft_args("sp2_as_fsdp", strategy="fsdp"))
+    _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
+
+
+@pytest.mark.slow
 def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(reference, tp2, sft_args):
     resumed = sft_args.tmp / "tp2_as_fsdp"
     shutil.copytree(tp2, resumed)
@@ -114,18 +168,20 @@ def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses
 
 
 @pytest.mark.slow
-def test_export_of_a_tensor_parallel_run_is_a_normal_hf_folder_with_the_trained_logits(
-    reference, tp2, tmp_path
+@pytest.mark.parametrize("layout", ["tp2", "sp2"])
+def test_export_of_a_tensor_or_sequence_parallel_run_is_a_normal_hf_folder_with_the_trained_logits(
+    reference, request, tmp_path, layout
 ):
+    run = request.getfixturevalue(layout) / "checkpoints" / f"step_{FIRST:06d}"
     exports = {}
-    for name, run in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), ("tp2", tp2)):
-        launch("python", 1, [str(run), str(tmp_path / name)], script=EXPORT)
+    for name, ckpt in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), (layout, run)):
+        launch("python", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
         exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
     ids = torch.randint(
         0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
-        a, b = (exports[n](input_ids=ids).logits for n in ("single", "tp2"))
+        a, b = (exports[n](input_ids=ids).logits for n in ("single", layout))
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
 
 
@@ -143,7 +199,16 @@ def test_a_world_size_the_degrees_do_not_divide_fails_naming_the_keys():
     [
         (["strategy=zero3", "parallel.tp=2"], "parallel.tp=2 needs strategy=fsdp"),
         (["strategy=fsdp", "parallel.tp=3"], "parallel.tp=3 does not divide model.num_heads=4"),
-        (["parallel.sp=2"], "sequence parallel is not implemented yet"),
+        (["parallel.sp=2"], "parallel.sp=2 needs strategy=fsdp"),
+        (["strategy=zero3", "parallel.sp=2"], "parallel.sp=2 with strategy=zero3 is not supported yet"),
+        (["strategy=fsdp", "parallel.sp=2", "parallel.tp=2"], "parallel.sp=2 with parallel.tp=2 is not"),
+        (["strategy=fsdp", "parallel.sp=8"], "parallel.sp=8 does not divide model.num_heads=4"),
+        (["strategy=fsdp", "parallel.sp=4"], "parallel.sp=4 does not divide model.num_kv_heads=2"),
+        (
+            ["strategy=fsdp", "parallel.sp=2", "data.seq_len=127"],
+            "parallel.sp=2 does not divide data.seq_len=127",
+        ),
+        (["strategy=fsdp", "parallel.sp=2", "model.attn_implementation=eager"], "wraps PyTorch SDPA"),
         (["strategy=single", "parallel.dp_replicate=2"], "parallel.dp_replicate=2 needs strategy=fsdp"),
     ],
 )
