@@ -127,7 +127,9 @@ def _unlink_shm_allreduce_buffer() -> None:
     segment (all of them are past `init_distributed`, hence the barrier), the names are no longer
     needed; unlinking now frees the memory when the processes exit, however they exit.
     """
-    if get_accelerator().device_name() != "cpu" or tdist.get_world_size() == 1 or sys.platform != "linux":
+    # A lone rank gets a segment too (the 1-rank group a `python launch/train.py strategy=zero2` or a
+    # resume on one process makes), so it is unlinked as well.
+    if get_accelerator().device_name() != "cpu" or sys.platform != "linux":
         return
     tdist.barrier()
     name = "_".join(
