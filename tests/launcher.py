@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from torch.distributed import TCPStore
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "launch" / "train.py"
 
@@ -101,9 +103,18 @@ def launch_nodes(
     that names the nodes (DeepSpeed refuses several nodes without one), as under a scheduler.
 
     Output goes to files, not pipes: a node blocked on a full pipe would stall the others' collectives.
+
+    The torchrun nodes meet at a rendezvous store this process hosts (`is_host=false` on every
+    node). Left to themselves, whichever agent binds 127.0.0.1 first hosts it, and when that node
+    finishes first the other agent's next store call fails (RendezvousConnectionError) though its
+    training succeeded.
     """
     endpoint = f"127.0.0.1:{free_port()}"
     with contextlib.ExitStack() as stack:
+        if launcher == "torchrun":
+            host, port = endpoint.split(":")
+            # Serves until this function returns, after every node has exited.
+            store = TCPStore(host, int(port), is_master=True, multi_tenant=True, wait_for_workers=False)  # noqa: F841
         started = []
         hostfile = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".hostfile"))
         hostfile.write("".join(f"node{node} slots=1\n" for node in range(nnodes)))
@@ -112,7 +123,7 @@ def launch_nodes(
             cmd = [
                 sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node),
                 "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
-                "--rdzv-id", f"test-{endpoint}", str(script), *args,
+                "--rdzv-id", f"test-{endpoint}", "--rdzv-conf", "is_host=false", str(script), *args,
             ]  # fmt: skip
             if launcher == "deepspeed":
                 host, port = endpoint.split(":")
