@@ -118,7 +118,7 @@ class FSDPStrategy(TorchEngineStrategy):
             apply_tensor_parallel(module.model, meshes.tp, decoder_layers(module.model))
         if meshes.sp_group is not None:
             self.sequence_parallel = SequenceParallel(meshes.sp_group)
-            self.sequence_parallel.apply(module.model)
+            self.sequence_parallel.apply(module.model, tp=self.dims.tp)
         shard_model(
             module,
             meshes.fsdp,
