@@ -55,6 +55,8 @@ def runs(tmp_path_factory) -> Path:
 
     launch("python", 1, args("single"))
     launch("torchrun", 4, args("sp2_tp2", **SP_TP))
+    # Checkpointing recomputes each layer in backward: its attention must exchange as the forward did.
+    launch("torchrun", 4, args("sp2_tp2_ckpt", **SP_TP, **{"model.gradient_checkpointing": "true"}))
     return tmp
 
 
@@ -73,6 +75,16 @@ def test_sequence_times_tensor_parallel_on_four_ranks_reproduces_one_process(run
         assert other[step][1] == pytest.approx(ref[step][1], rel=RTOL), f"grad norm at step {step}"
     # The runs train (a comparison of two constant runs would prove nothing).
     assert ref[FIRST][0] < ref[1][0]
+
+
+@pytest.mark.slow
+def test_sequence_parallel_with_gradient_checkpointing_recomputes_with_the_exchange(runs):
+    """Before the backward ran with the exchange on, the recompute ran plain SDPA on the slice and
+    torch.utils.checkpoint refused it (other shapes than the forward's)."""
+    ref, other = _rows(runs / "single"), _rows(runs / "sp2_tp2_ckpt")
+    for step in range(1, FIRST + 1):
+        assert other[step][0] == pytest.approx(ref[step][0], rel=RTOL), f"loss at step {step}"
+        assert other[step][1] == pytest.approx(ref[step][1], rel=RTOL), f"grad norm at step {step}"
 
 
 @pytest.mark.slow
