@@ -19,7 +19,7 @@ from llmtrain.bench.result import BenchResult
 from llmtrain.config import TrainConfig
 from llmtrain.data import hf_trainer_samples
 from llmtrain.dist import DistInfo
-from llmtrain.metrics.memory import peak_memory_gib, track_peak_allocation
+from llmtrain.metrics.memory import peak_memory_gib, tensor_bytes, track_peak_allocation
 from llmtrain.metrics.throughput import mfu_peak_flops
 from llmtrain.model.build import build_model
 from llmtrain.model.flops import flops_per_token
@@ -130,6 +130,14 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
             callbacks=[clock],
         )
         trainer.train()
+        # The resting state, as our strategies' memory_report counts it (gradients are freed between steps).
+        params = list(model.parameters())
+        states = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        memory = {
+            "param_bytes": tensor_bytes(params),
+            "grad_bytes": tensor_bytes(p for p in params if p.requires_grad),
+            "optimizer_bytes": tensor_bytes(states),
+        }
     assert clock.start is not None, "the benchmark needs more steps than warm-up steps"
     slot_tokens = cfg.trainer.global_batch_size * cfg.data.seq_len
     real_tokens = None
@@ -147,5 +155,6 @@ def bench_hf_trainer(cfg: TrainConfig, dist: DistInfo, data: RunData, warmup: in
         flops_per_token=flops_per_token(model.config, cfg.data.seq_len),
         peak_flops=mfu_peak_flops(dist.device, cfg.trainer.precision, cfg.model.dtype, dist.world_size),
         world_size=dist.world_size,
+        memory=memory,
         losses=clock.losses,
     )

@@ -351,10 +351,14 @@ class TrainConfig:
                 f"{model.attn_implementation} is not supported with it, use sdpa",
             )
             if model.pretrained is None:
+                # With tp, Ulysses splits each tensor-parallel rank's num_heads / tp heads over sp.
+                split = par.sp * par.tp
+                by = f"parallel.sp={par.sp}" + (f" × parallel.tp={par.tp} = {split}" if par.tp > 1 else "")
                 for key, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads)):
                     require(
-                        value % par.sp == 0,
+                        value % split == 0,
                         "parallel.sp",
-                        f"parallel.sp={par.sp} does not divide model.{key}={value} (attention runs on "
-                        "whole sequences for an equal share of the query and key/value heads)",
+                        f"{by} does not divide model.{key}={value} (attention runs on whole sequences "
+                        "for an equal share of the query and key/value heads"
+                        + (", the tensor-parallel rank's heads split over sp)" if par.tp > 1 else ")"),
                     )

@@ -103,7 +103,8 @@ class ParallelConfig:
     # of a node (column-wise q/k/v/gate/up, row-wise o/down); embeddings, norms and lm_head replicated.
     tp: int = 1
     # Sequence parallel (Ulysses, strategy=fsdp): each of `sp` ranks holds a contiguous slice of every
-    # sequence; around attention two all-to-alls swap the sequence slices for head slices.
+    # sequence; around attention two all-to-alls swap the sequence slices for head slices. With `tp`
+    # too, Ulysses splits each tensor-parallel rank's heads (num_heads / tp) over `sp`.
     sp: int = 1
     # HSDP (strategy=fsdp): parameters sharded within each of `dp_replicate` groups, replicated across.
     dp_replicate: int = 1
@@ -111,11 +112,6 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         for key in ("tp", "sp", "dp_replicate"):
             require(getattr(self, key) >= 1, f"parallel.{key}", f"must be >= 1, got {getattr(self, key)}")
-        require(
-            self.sp == 1 or self.tp == 1,
-            "parallel.sp",
-            f"parallel.sp={self.sp} with parallel.tp={self.tp} is not supported yet; use one of the two",
-        )
 
 
 @dataclass

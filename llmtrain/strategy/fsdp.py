@@ -118,7 +118,7 @@ class FSDPStrategy(TorchEngineStrategy):
             apply_tensor_parallel(module.model, meshes.tp, decoder_layers(module.model))
         if meshes.sp_group is not None:
             self.sequence_parallel = SequenceParallel(meshes.sp_group)
-            self.sequence_parallel.apply(module.model)
+            self.sequence_parallel.apply(module.model, tp=self.dims.tp)
         shard_model(
             module,
             meshes.fsdp,
@@ -162,10 +162,14 @@ class FSDPStrategy(TorchEngineStrategy):
         # Until the last micro-batch, gradients accumulate unsharded on each rank and are
         # reduce-scattered once, instead of once per micro-batch.
         self.fsdp_module.set_requires_gradient_sync(is_last_micro)
-        # The reduce-scatter averages over its ranks (data- and sequence-parallel); the loop's
-        # normalisation wants the sum. (Scaling the loss rather than the reduction keeps FSDP on
-        # its default, backend-portable AVG op.)
-        self.scaler.scale(loss * self.dims.fsdp).backward()
+        # Gradient checkpointing recomputes each layer's forward inside backward: its attention must
+        # exchange heads for sequence as the forward did, or the recompute sees other shapes.
+        sp = self.sequence_parallel
+        with sp.active() if sp is not None else contextlib.nullcontext():
+            # The reduce-scatter averages over its ranks (data- and sequence-parallel); the loop's
+            # normalisation wants the sum. (Scaling the loss rather than the reduction keeps FSDP on
+            # its default, backend-portable AVG op.)
+            self.scaler.scale(loss * self.dims.fsdp).backward()
 
     def _dcp_state(self) -> dict[str, dict]:
         # Flattened optimizer state ("state.<fqn>.exp_avg") is keyed by parameter name only, so

@@ -88,20 +88,25 @@ class SequenceParallel:
         self._active = False
         AttentionInterface.register(ATTN_IMPLEMENTATION, self.attention)
 
-    def apply(self, model: Any) -> None:
+    def apply(self, model: Any, tp: int = 1) -> None:
         """Route `model`'s attention through `attention`, after the checks a checkpoint's config
-        could not have had (the schema checks the heads of a model it builds)."""
+        could not have had (the schema checks the heads of a model it builds).
+
+        Under tensor parallelism (`tp` > 1, applied first) each rank's attention sees its own
+        num_heads / tp heads, and those are what the all-to-alls split over the sequence-parallel
+        group: the heads must divide by tp × sp.
+        """
         config = model.config
         if config._attn_implementation != "sdpa":
             raise ConfigError(
                 f"parallel.sp needs model.attn_implementation=sdpa (got {config._attn_implementation}): "
                 "the all-to-alls wrap PyTorch SDPA"
             )
+        split = self.size * tp
+        by = f"parallel.sp={self.size}" + (f" × parallel.tp={tp} = {split}" if tp > 1 else "")
         for key in ("num_attention_heads", "num_key_value_heads"):
-            if getattr(config, key) % self.size:
-                raise ConfigError(
-                    f"parallel.sp={self.size} does not divide the model's {key}={getattr(config, key)}"
-                )
+            if getattr(config, key) % split:
+                raise ConfigError(f"{by} does not divide the model's {key}={getattr(config, key)}")
         config._attn_implementation = ATTN_IMPLEMENTATION
 
     @contextlib.contextmanager
