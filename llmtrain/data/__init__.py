@@ -21,6 +21,7 @@ from llmtrain.data.cache import check_manifest
 from llmtrain.data.collate import collate
 from llmtrain.data.errors import DataError
 from llmtrain.data.pretrain.mixture import ensure_mixture, source_folders
+from llmtrain.data.pretrain.parts import merge_parts, prepare_part
 from llmtrain.data.pretrain.prepare import describe_shards, ensure_shards, prepare_shards
 from llmtrain.data.pretrain.windows import PretrainWindows, UnshiftedWindows
 from llmtrain.data.sft.chat_templates import ChatTemplate
@@ -35,6 +36,8 @@ __all__ = [
     "describe",
     "ensure_prepared",
     "hf_trainer_samples",
+    "merge_parts",
+    "prepare_part",
     "samples",
     "save_chat_settings",
 ]

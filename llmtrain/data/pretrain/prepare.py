@@ -107,22 +107,50 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
     `workers`: tokenizer processes; None means `data.prep_workers`, and if that is None too, all
     cores. With 1 (or fewer) everything runs in this process. The output does not depend on it.
     """
+    tok = load_tokenizer(cfg.tokenizer)
+    workers = prep_workers(cfg, workers)
+    total = cfg.synthetic_docs if cfg.format == "synthetic" else None
+
+    def documents(bar: Any) -> Iterator[tuple[int, str, np.ndarray]]:
+        for index, doc, tokens in tokenize_documents(iter_documents(cfg), tok, workers):
+            bar.update(1)
+            yield index, doc.origin, tokens
+
+    return write_shards(cfg, tok, out_dir, source_fingerprint(cfg), documents, total, progress)
+
+
+def prep_workers(cfg: DataConfig, workers: int | None) -> int:
+    if workers is not None:
+        return workers
+    return cfg.prep_workers if cfg.prep_workers is not None else (os.cpu_count() or 1)
+
+
+def write_shards(
+    cfg: DataConfig,
+    tok: Any,
+    out_dir: Path,
+    sources: dict[str, Any],
+    documents: Any,
+    total: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Route `documents(bar)` — (index, origin, token ids + EOS or empty) in source order — into the
+    train/val shards of a new folder `out_dir`, with its manifest; the one writer of shard folders
+    (`prepare_shards`, and the merge of a preparation done in parts)."""
+    from tqdm import tqdm
+
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists; delete it or choose another output folder")
-    tok = load_tokenizer(cfg.tokenizer)
     identity = tokenizer_identity(tok)
     dtype = shard_dtype(identity["vocab_size"])
-    sources = source_fingerprint(cfg)
-    if workers is None:
-        workers = cfg.prep_workers if cfg.prep_workers is not None else (os.cpu_count() or 1)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         writers = {split: _ShardWriter(tmp, split, dtype, cfg.shard_tokens) for split in SPLITS}
         started = time.perf_counter()
-        empty = _write_documents(cfg, tok, writers, workers, progress)
+        with tqdm(total=total, unit="doc", desc=f"prepare {cfg.name}", disable=not progress) as bar:
+            empty = _write_documents(cfg, documents(bar), writers)
         seconds = time.perf_counter() - started
         if writers["train"].num_docs == 0:
             raise DataError(
@@ -169,32 +197,27 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
 
 
 def _write_documents(
-    cfg: DataConfig, tok: Any, writers: dict[str, _ShardWriter], workers: int, progress: bool
+    cfg: DataConfig, documents: Iterator[tuple[int, str, np.ndarray]], writers: dict[str, _ShardWriter]
 ) -> dict[str, Any]:
     """Route every tokenized document to its split; returns the empty-document count and examples."""
-    from tqdm import tqdm
-
     empty_count, examples = 0, []
     # The newest train document is held back: if validation would end up empty, it moves there,
     # which guarantees a validation document whenever val_fraction > 0 and there are two documents.
     pending: np.ndarray | None = None
-    total = cfg.synthetic_docs if cfg.format == "synthetic" else None
-    with tqdm(total=total, unit="doc", desc=f"prepare {cfg.name}", disable=not progress) as bar:
-        for index, doc, tokens in _tokenize(cfg, tok, workers):
-            bar.update(1)
-            val = is_val_document(index, cfg.val_fraction)
-            if len(tokens) == 0:
-                empty_count += 1
-                writers["val" if val else "train"].num_empty += 1
-                if len(examples) < _EXAMPLES_KEPT:
-                    examples.append(doc.origin)
-                continue
-            if val:
-                writers["val"].add(tokens)
-            else:
-                if pending is not None:
-                    writers["train"].add(pending)
-                pending = tokens
+    for index, origin, tokens in documents:
+        val = is_val_document(index, cfg.val_fraction)
+        if len(tokens) == 0:
+            empty_count += 1
+            writers["val" if val else "train"].num_empty += 1
+            if len(examples) < _EXAMPLES_KEPT:
+                examples.append(origin)
+            continue
+        if val:
+            writers["val"].add(tokens)
+        else:
+            if pending is not None:
+                writers["train"].add(pending)
+            pending = tokens
     if pending is not None:
         if cfg.val_fraction > 0 and writers["val"].num_docs == 0 and writers["train"].num_docs > 0:
             writers["val"].add(pending)
@@ -216,10 +239,12 @@ def _chunks(docs: Iterator[Document]) -> Iterator[list[Document]]:
         yield chunk
 
 
-def _tokenize(cfg: DataConfig, tok: Any, workers: int) -> Iterator[tuple[int, Document, np.ndarray]]:
-    """(document index, document, token ids + EOS or empty) for every document, in source order."""
+def tokenize_documents(
+    docs: Iterator[Document], tok: Any, workers: int
+) -> Iterator[tuple[int, Document, np.ndarray]]:
+    """(document index, document, token ids + EOS or empty) for every document, in order."""
     index = 0
-    chunks = _chunks(iter_documents(cfg))
+    chunks = _chunks(docs)
     if workers <= 1:
         for chunk in chunks:
             for doc, tokens in zip(chunk, _encode_texts(tok, [d.text for d in chunk])):
