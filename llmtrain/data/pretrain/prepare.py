@@ -1,6 +1,6 @@
 """Raw documents → tokenized shards + manifest, and the cache that reuses them.
 
-Documents stream from `llmtrain.data.pretrain.sources`, are tokenized in worker processes (order kept),
+Documents stream from `llmtrain.data.pretrain.sources`, are tokenized by the tokenizer's thread pool (order kept),
 get an EOS appended (pretraining windows cut across documents; the EOS is how the model learns
 where one ends, so no BOS is added), and go to `train/` or `val/` by a hash of their index. The
 whole folder is built under a temporary name and published (`llmtrain.data.cache.publish`).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -20,7 +19,11 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -242,44 +245,76 @@ def _chunks(docs: Iterator[Document]) -> Iterator[list[Document]]:
 def tokenize_documents(
     docs: Iterator[Document], tok: Any, workers: int
 ) -> Iterator[tuple[int, Document, np.ndarray]]:
-    """(document index, document, token ids + EOS or empty) for every document, in order."""
+    """(document index, document, token ids + EOS or empty) for every document, in order.
+
+    The tokenizer's own Rust thread pool does the work (`workers` threads; 1: this thread alone),
+    one chunk at a time in a background thread, while this thread reads the next chunk and the
+    caller writes the previous one: encoding releases the GIL, so reading and writing overlap it.
+    This is the tokenizer's batch encoding with nothing added in between (`launch/bench.py --prep`
+    measures it against that call alone). Worker processes, as before, paid for pickling every
+    chunk out and every token array back, and for transformers' per-call Python layer.
+    """
     index = 0
-    chunks = _chunks(docs)
-    if workers <= 1:
-        for chunk in chunks:
-            for doc, tokens in zip(chunk, _encode_texts(tok, [d.text for d in chunk])):
+    with _parallelism(workers), ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        encode = partial(_encode_texts, tok, parallel=workers > 1)
+        # Two chunks in flight: one encoding, one read and waiting; memory follows the chunk size.
+        in_flight: deque = deque()
+        for chunk in _chunks(docs):
+            in_flight.append((chunk, pool.submit(encode, [d.text for d in chunk])))
+            if len(in_flight) < 2:
+                continue
+            done, result = in_flight.popleft()
+            for doc, tokens in zip(done, result.result()):
                 yield index, doc, tokens
                 index += 1
-        return
-    # apply_async with a bounded queue instead of Pool.imap: imap's feeder thread would read the
-    # whole corpus ahead into memory when the tokenizers are slower than the reader.
-    max_in_flight = 2 * workers
-    # The workers get this process's tokenizer rather than its spec: forked, they inherit it for free,
-    # where rebuilding it (a sentencepiece model is converted on load) costs each about half a second.
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:
-        in_flight: deque = deque()
-        for chunk in chunks:
-            in_flight.append((chunk, pool.apply_async(_encode_in_worker, ([d.text for d in chunk],))))
-            while len(in_flight) >= max_in_flight:
-                done, result = in_flight.popleft()
-                for doc, tokens in zip(done, result.get()):
-                    yield index, doc, tokens
-                    index += 1
         while in_flight:
             done, result = in_flight.popleft()
-            for doc, tokens in zip(done, result.get()):
+            for doc, tokens in zip(done, result.result()):
                 yield index, doc, tokens
                 index += 1
 
 
-def _encode_texts(tok: Any, texts: list[str]) -> list[np.ndarray]:
-    # split_special_tokens: a document that contains the text "</s>" must not get a real EOS id there.
+@contextmanager
+def _parallelism(workers: int) -> Iterator[None]:
+    """The tokenizer's thread pool on (and `workers` wide) while preparing.
+
+    Launchers set TOKENIZERS_PARALLELISM=false so training ranks do not fight over cores; preparing
+    data is the one time the cores are the tokenizer's (the other ranks wait). Rayon sizes its
+    pool once per process, at first use, from RAYON_NUM_THREADS: a later call with another worker
+    count keeps the first pool's size.
+    """
+    saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if workers > 1 else "false"
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(workers, 1)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _encode_texts(tok: Any, texts: list[str], parallel: bool = False) -> list[np.ndarray]:
+    # The Rust tokenizer directly: transformers' __call__ adds a Python layer per call (BatchEncoding,
+    # lists of lists) that costs about a fifth of the time. encode_special_tokens is what
+    # split_special_tokens=True sets: a document containing the text "</s>" gets no real EOS id there.
     short = [t if len(t) <= _PIECE_CHARS else "" for t in texts]
-    batch = tok(short, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:  # a Python (slow) tokenizer: no Rust layer to call
+        ids = tok(short, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        encodings = [SimpleNamespace(ids=x) for x in ids]
+    elif parallel:
+        backend.encode_special_tokens = True
+        encodings = backend.encode_batch_fast(short, add_special_tokens=False)
+    else:
+        backend.encode_special_tokens = True
+        encodings = [backend.encode(t, add_special_tokens=False) for t in short]
     eos = np.array([tok.eos_token_id], dtype=np.uint32)
     out = []
-    for text, ids in zip(texts, batch):
-        ids = _encode_long(tok, text) if len(text) > _PIECE_CHARS else np.array(ids, dtype=np.uint32)
+    for text, enc in zip(texts, encodings):
+        ids = _encode_long(tok, text) if len(text) > _PIECE_CHARS else np.array(enc.ids, dtype=np.uint32)
         out.append(np.concatenate([ids, eos]) if len(ids) else np.empty(0, dtype=np.uint32))
     return out
 
@@ -329,18 +364,6 @@ def _pieces(text: str) -> Iterator[tuple[int, int]]:
         b = min(b, len(text))
         yield a, b
         a = b
-
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tok: Any) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tok
-
-
-def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
-    return _encode_texts(_worker_tokenizer, texts)
 
 
 class _ShardWriter:
