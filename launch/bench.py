@@ -3,6 +3,7 @@
 python launch/bench.py --vs-hf +exp=pretrain                 # tiny model, tinyshakespeare, vs Trainer
 torchrun --nproc_per_node 2 launch/bench.py strategy=fsdp    # per-rank memory and tokens/s
 python launch/bench.py --prep data=c4_demo                   # data preparation vs datasets.map (data.prep_workers)
+python launch/bench.py --prep --repeat 5 data=c4_demo        # + the tokenizer's ceiling, median of 5 rounds
 """
 
 import argparse
@@ -18,6 +19,7 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--vs-hf", action="store_true", help="also run transformers.Trainer on the same work")
     parser.add_argument("--prep", action="store_true", help="benchmark data preparation instead of training")
+    parser.add_argument("--repeat", type=int, default=1, help="--prep: interleaved rounds, median reported")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args, overrides = parser.parse_known_args()
     cfg = load_config(overrides)
@@ -26,7 +28,7 @@ if __name__ == "__main__":
     if args.prep:
         from llmtrain.bench.prep import bench_prepare
 
-        bench_prepare(cfg, json_path=args.json)
+        bench_prepare(cfg, json_path=args.json, repeats=args.repeat)
     else:
         from llmtrain.bench.run import run_benchmark
 
