@@ -28,12 +28,8 @@ import numpy as np
 from llmtrain.config import DataConfig
 from llmtrain.data.cache import FORMAT_VERSION, MANIFEST, read_manifest, shard_dtype
 from llmtrain.data.errors import DataError
-from llmtrain.data.pretrain.prepare import (
-    _ShardWriter,
-    prep_workers,
-    tokenize_documents,
-    write_shards,
-)
+from llmtrain.data.pretrain.encode import tokenize_documents
+from llmtrain.data.pretrain.prepare import _ShardWriter, prep_workers, write_shards
 from llmtrain.data.pretrain.sources import (
     _file_fingerprint,
     iter_file_documents,
