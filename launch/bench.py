@@ -5,6 +5,7 @@ torchrun --nproc_per_node 2 launch/bench.py strategy=fsdp    # per-rank memory a
 python launch/bench.py --prep data=c4_demo                   # data preparation vs datasets.map (data.prep_workers)
 python launch/bench.py --longest --mem-cap-gib 0.125 --vs-hf model.max_position_embeddings=32768
     # longest data.seq_len within a per-rank cap: DP-only and parallel.sp=2 (2 ranks each), Trainer
+python launch/bench.py --prep --repeat 5 data=c4_demo        # + the tokenizer's ceiling, median of 5 rounds
 """
 
 import argparse
@@ -20,6 +21,7 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--vs-hf", action="store_true", help="also run transformers.Trainer on the same work")
     parser.add_argument("--prep", action="store_true", help="benchmark data preparation instead of training")
+    parser.add_argument("--repeat", type=int, default=1, help="--prep: interleaved rounds, median reported")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     longest = parser.add_argument_group("longest sequence within a memory cap (--longest)")
     longest.add_argument("--longest", action="store_true", help="search the longest data.seq_len per variant")
@@ -57,7 +59,7 @@ if __name__ == "__main__":
     elif args.prep:
         from llmtrain.bench.prep import bench_prepare
 
-        bench_prepare(cfg, json_path=args.json)
+        bench_prepare(cfg, json_path=args.json, repeats=args.repeat)
     else:
         from llmtrain.bench.run import run_benchmark
 

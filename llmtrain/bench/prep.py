@@ -37,6 +37,7 @@ from llmtrain.data.errors import DataError
 from llmtrain.data.pretrain.sources import file_sha256, resolve_files
 
 OURS = "llmtrain prepare_shards"
+CEILING = "tokenizer alone"
 BASELINE = "datasets.map"
 # ru_maxrss is in KiB on Linux and in bytes on macOS.
 _MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
@@ -68,13 +69,16 @@ class PrepResult:
 
 
 def bench_prepare(
-    cfg: TrainConfig, workers: int | None = None, json_path: Path | None = None
+    cfg: TrainConfig, workers: int | None = None, json_path: Path | None = None, repeats: int = 1
 ) -> list[PrepResult]:
-    """Prepare `cfg.data` with `prepare_shards` and with `datasets.map`; print the table, return both.
+    """Prepare `cfg.data` with `prepare_shards`, time the tokenizer alone on the same documents, and
+    prepare it with `datasets.map`; print the table, return the three rows.
 
     `workers`: None means `data.prep_workers`, and if that is None too, all cores (as in
-    `prepare_shards`). Raises if the two runs wrote different numbers of tokens: then they read
-    different documents and their throughputs are not comparable.
+    `prepare_shards`). `repeats`: the three runs are repeated this many times, interleaved (so a
+    burst of load from other processes hits all three alike); each row is the run of median time,
+    and the spread of the ratios over the repeats is printed. Raises if the runs wrote different
+    numbers of tokens: then they read different documents and their throughputs are not comparable.
     """
     data = cfg.data
     if workers is None:
@@ -83,28 +87,62 @@ def bench_prepare(
     # Read the sources once so neither run pays for a cold page cache and the other does not.
     for path in files:
         file_sha256(path)
-    with tempfile.TemporaryDirectory(prefix="llmtrain-prep-bench-") as tmp:
-        ours_dir, baseline_dir = Path(tmp) / "ours", Path(tmp) / "datasets"
-        ours = _in_fresh_process(OURS, workers, ours_dir, _prepare_ours, data, ours_dir, workers)
-        baseline = _in_fresh_process(
-            BASELINE, workers, baseline_dir, _prepare_datasets_map, data, files, baseline_dir, workers
-        )
-    if ours.tokens != baseline.tokens:
-        raise DataError(
-            f"data={data.name}: {OURS} wrote {ours.tokens:,} tokens but {BASELINE} {baseline.tokens:,} "
-            f"from the same files ({', '.join(map(str, files))}), so they read different documents and "
-            "the throughput ratio would compare different work. Our jsonl reader skips blank lines and "
-            "rejects rows whose text is missing or not a string; datasets' json loader may keep them"
-        )
-    results = [ours, baseline]
+    rounds = [_one_round(data, files, workers) for _ in range(repeats)]
+    results = [_median_run([r[k] for r in rounds]) for k in range(3)]
     print(prep_table(results))
+    if repeats > 1:
+        print(_spread(rounds))
     if json_path is not None:
-        json_path.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        rows = [r.to_dict() for r in results]
+        if repeats > 1:
+            rows = {"median": rows, "rounds": [[r.to_dict() for r in one] for one in rounds]}  # type: ignore[assignment]
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
     return results
 
 
+def _one_round(data: DataConfig, files: list[Path], workers: int) -> list[PrepResult]:
+    with tempfile.TemporaryDirectory(prefix="llmtrain-prep-bench-") as tmp:
+        ours_dir, ceiling_dir, baseline_dir = (
+            Path(tmp) / "ours",
+            Path(tmp) / "ceiling",
+            Path(tmp) / "datasets",
+        )
+        ceiling_dir.mkdir()
+        ours = _in_fresh_process(OURS, workers, ours_dir, _prepare_ours, data, ours_dir, workers)
+        ceiling = _in_fresh_process(CEILING, workers, ceiling_dir, _tokenizer_ceiling, data, files, workers)
+        baseline = _in_fresh_process(
+            BASELINE, workers, baseline_dir, _prepare_datasets_map, data, files, baseline_dir, workers
+        )
+    if not ours.tokens == ceiling.tokens == baseline.tokens:
+        raise DataError(
+            f"data={data.name}: {OURS} wrote {ours.tokens:,} tokens, {CEILING} counted {ceiling.tokens:,} and "
+            f"{BASELINE} {baseline.tokens:,} from the same files ({', '.join(map(str, files))}), so they read "
+            "different documents and the throughput ratio would compare different work. Our jsonl reader "
+            "skips blank lines and rejects rows whose text is missing or not a string; datasets' json "
+            "loader may keep them"
+        )
+    return [ours, ceiling, baseline]
+
+
+def _median_run(runs: list[PrepResult]) -> PrepResult:
+    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+
+
+def _spread(rounds: list[list[PrepResult]]) -> str:
+    """Per-round ratios (ours / datasets.map, ours / ceiling): how noisy the machine was."""
+    lines = [f"over {len(rounds)} interleaved rounds:"]
+    for name, k in ((BASELINE, 2), (CEILING, 1)):
+        xs = [r[0].tokens_per_sec / r[k].tokens_per_sec for r in rounds]
+        lines.append(
+            f"  {OURS} / {name}: median {sorted(xs)[len(xs) // 2]:.2f}, min {min(xs):.2f}, "
+            f"max {max(xs):.2f} (rounds: {' '.join(f'{x:.2f}' for x in xs)})"
+        )
+    return "\n".join(lines)
+
+
 def prep_table(results: list[PrepResult]) -> str:
-    """One row per run; then each run's ratio against the last one (the baseline)."""
+    """One row per run; then each run's ratio against the last one (the baseline), and ours against
+    the tokenizer's own ceiling when it was measured."""
     header = (
         f"{'run':<26}{'workers':>8}{'tokens':>12}{'seconds':>9}{'tokens/s':>12}"
         f"{'peak RSS MiB':>14}{'main':>8}{'worker':>8}{'disk MiB':>10}"
@@ -121,6 +159,10 @@ def prep_table(results: list[PrepResult]) -> str:
             f"{r.name} / {base.name}: {r.tokens_per_sec / base.tokens_per_sec:.2f}x tokens/s, "
             f"peak RSS {r.peak_rss_mib / base.peak_rss_mib:.2f}x"
         )
+    by_name = {r.name: r for r in results}
+    if OURS in by_name and CEILING in by_name:
+        ratio = by_name[OURS].tokens_per_sec / by_name[CEILING].tokens_per_sec
+        lines.append(f"{OURS} / {CEILING}: {ratio:.2f} of the tokenizer's own tokens/s")
     return "\n".join(lines)
 
 
@@ -196,6 +238,27 @@ def _prepare_ours(data: DataConfig, out_dir: Path, workers: int) -> tuple[float,
     seconds = time.perf_counter() - started
     splits = read_manifest(out_dir)["splits"].values()
     return seconds, sum(split["num_tokens"] for split in splits)
+
+
+def _tokenizer_ceiling(data: DataConfig, files: list[Path], workers: int) -> tuple[float, int]:
+    """What the tokenizer alone does on these cores: the Rust batch encoding of every document,
+    read into memory first, nothing written. Tokenizer loading and reading are not timed here (they
+    are in the other two rows), so this is an upper bound for any pipeline using this tokenizer."""
+    import transformers  # noqa: F401
+
+    from llmtrain.data.pretrain.sources import iter_file_documents
+    from llmtrain.data.tokenizer.load import load_tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if workers > 1 else "false"
+    os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
+    tok = load_tokenizer(data.tokenizer)
+    texts = [d.text for path in files for d in iter_file_documents(path, "jsonl", data.text_field, "line")]
+    backend = tok.backend_tokenizer
+    backend.encode_special_tokens = True  # what split_special_tokens=True does, as in the other rows
+    started = time.perf_counter()
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+    seconds = time.perf_counter() - started
+    return seconds, sum(len(e.ids) + 1 for e in encodings if len(e.ids))
 
 
 def _prepare_datasets_map(

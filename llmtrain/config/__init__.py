@@ -1,7 +1,7 @@
 """Typed, validated configuration (no torch imports here)."""
 
 from llmtrain.config.checks import ConfigError
-from llmtrain.config.data import DataConfig, SFTConfig
+from llmtrain.config.data import DataConfig, SFTConfig, SourceConfig
 from llmtrain.config.load import compose_config, from_yaml, load_config, strip_launcher_args, to_dict, to_yaml
 from llmtrain.config.schema import (
     LoggerConfig,
@@ -29,6 +29,7 @@ __all__ = [
     "RunConfig",
     "SchedConfig",
     "SFTConfig",
+    "SourceConfig",
     "StrategyConfig",
     "TrainConfig",
     "TrainerConfig",

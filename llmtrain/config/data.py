@@ -59,6 +59,34 @@ class SFTConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One entry of `data.sources`: a corpus with its share of the training tokens.
+
+    Each source is prepared into its own shards (cached under its own hash, so adding a source
+    prepares only that one); seq_len, tokenizer, val_fraction and shard_tokens are `data.*`'s.
+    """
+
+    # Names the source in metrics (`tokens/<name>`, `val_loss/<name>`) and in its cache folder.
+    name: str = ""
+    # As data.path: a file, a directory, a glob or hf:NAME. Or leave it null and set shards_dir.
+    path: str | None = None
+    # Share of the training tokens (weights are normalised; 0 leaves the source out of training).
+    weight: float = 1.0
+    # Passes over this source's training windows before it stops being drawn (None: no limit);
+    # the other sources then share its part of the batch in proportion to their weights.
+    max_epochs: float | None = None
+    # text|jsonl|parquet|hf|auto (auto: from each file's extension).
+    format: str = "auto"
+    text_field: str = "text"
+    text_split: str = "paragraph"
+    hf_split: str = "train"
+    # Must equal data.tokenizer when set: one model, one vocabulary.
+    tokenizer: str | None = None
+    # A folder of prepared shards (launch/prepare_data.py --out, or a SLURM-merged one) instead of path.
+    shards_dir: str | None = None
+
+
+@dataclass
 class DataConfig:
     """Where training text comes from, how it is tokenized, and how it is cut into samples."""
 
@@ -96,6 +124,11 @@ class DataConfig:
     # DataLoader worker processes feeding the training loop (0: load in the training process).
     loader_workers: int = 1
     prefetch_factor: int = 4
+    # Pretraining from several corpora at set token shares (replaces data.path); see SourceConfig.
+    sources: list[SourceConfig] = field(default_factory=list)
+    # The mixture's token shares equal the weights (to one window per source) over every block of
+    # this many steps: per-block quotas by largest remainder, see llmtrain/data/mixture.py.
+    mixture_block_steps: int = 10
 
     # kind=sft: row format, chat template, loss masking, packing.
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -122,6 +155,9 @@ class DataConfig:
             0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
         )
         require(self.shard_tokens > 0, "data.shard_tokens", f"must be > 0, got {self.shard_tokens}")
+        if self.sources:
+            check_sources(self)
+            return
         source_format = self.sft.format if self.kind == "sft" else self.format
         format_key = "data.sft.format" if self.kind == "sft" else "data.format"
         if source_format != "synthetic":
@@ -139,3 +175,54 @@ class DataConfig:
                 "and would ignore it; pick a data group that reads files (data=tinyshakespeare, c4_demo, "
                 f"alpaca_demo, ...) or set {format_key} to the file's format",
             )
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """`data.sources`: names unique and non-empty, weights valid, one tokenizer, a path or shards each."""
+    require(cfg.kind == "pretrain", "data.sources", f"mixes pretraining corpora; data.kind is {cfg.kind!r}")
+    for key in ("path", "shards_dir"):
+        require(
+            getattr(cfg, key) is None,
+            f"data.{key}",
+            f"is set ({getattr(cfg, key)}) but data.sources is too; give each source its own path",
+        )
+    require(
+        cfg.mixture_block_steps > 0, "data.mixture_block_steps", f"must be > 0, got {cfg.mixture_block_steps}"
+    )
+    seen: dict[str, int] = {}
+    for i, src in enumerate(cfg.sources):
+        key = f"data.sources[{i}]"
+        require(bool(src.name), f"{key}.name", "is required (it names the source in metrics and caches)")
+        require(
+            src.name.replace("_", "").replace("-", "").isalnum(),
+            f"{key}.name",
+            f"{src.name!r} must be letters, digits, '_' or '-' (it becomes a metric name and a folder)",
+        )
+        key = f"{key} ({src.name})"
+        require(
+            src.name not in seen,
+            f"{key}.name",
+            f"{src.name!r} is given twice (data.sources[{seen.get(src.name)}] and [{i}]); names must be unique",
+        )
+        seen[src.name] = i
+        require(src.weight >= 0, f"{key}.weight", f"must be >= 0, got {src.weight}")
+        if src.max_epochs is not None:
+            require(src.max_epochs > 0, f"{key}.max_epochs", f"must be > 0 or null, got {src.max_epochs}")
+        require(
+            (src.path is None) != (src.shards_dir is None),
+            f"{key}.path",
+            "is required (a file, directory, glob or hf:NAME), or set shards_dir instead (not both)",
+        )
+        one_of(src.format, f"{key}.format", ("auto", "text", "jsonl", "parquet", "hf"))
+        one_of(src.text_split, f"{key}.text_split", TEXT_SPLITS)
+        require(
+            src.tokenizer is None or src.tokenizer == cfg.tokenizer,
+            f"{key}.tokenizer",
+            f"is {src.tokenizer!r} but data.tokenizer is {cfg.tokenizer!r}: every source must be "
+            "tokenized with the model's one tokenizer; drop the key or make them equal",
+        )
+    require(
+        sum(src.weight for src in cfg.sources) > 0,
+        "data.sources",
+        "every weight is 0; give at least one source a weight > 0",
+    )

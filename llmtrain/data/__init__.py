@@ -19,6 +19,9 @@ from torch.utils.data import Dataset
 from llmtrain.config import DataConfig
 from llmtrain.data.cache import check_manifest
 from llmtrain.data.collate import collate
+from llmtrain.data.errors import DataError
+from llmtrain.data.pretrain.mixture import ensure_mixture, source_folders
+from llmtrain.data.pretrain.parts import merge_parts, prepare_part
 from llmtrain.data.pretrain.prepare import describe_shards, ensure_shards, prepare_shards
 from llmtrain.data.pretrain.windows import PretrainWindows, UnshiftedWindows
 from llmtrain.data.sft.chat_templates import ChatTemplate
@@ -33,6 +36,8 @@ __all__ = [
     "describe",
     "ensure_prepared",
     "hf_trainer_samples",
+    "merge_parts",
+    "prepare_part",
     "samples",
     "save_chat_settings",
 ]
@@ -47,6 +52,13 @@ def ensure_prepared(cfg: DataConfig, out: Path | None = None) -> Path:
     """
     if cfg.kind == "sft":
         return ensure_sft_cache(cfg if out is None else dataclasses.replace(cfg, shards_dir=str(out)))
+    if cfg.sources:
+        if out is not None:
+            raise DataError(
+                "data.sources: each source is prepared into the cache (data.cache_dir); --out takes one "
+                "corpus (data.path), whose folder a source can then name as its shards_dir"
+            )
+        return ensure_mixture(cfg)
     if out is not None:
         return prepare_shards(cfg, out, workers=cfg.prep_workers)
     return ensure_shards(cfg)
@@ -54,6 +66,10 @@ def ensure_prepared(cfg: DataConfig, out: Path | None = None) -> Path:
 
 def describe(cfg: DataConfig, folder: Path) -> str:
     """A few lines saying what a prepared folder holds (for `launch/prepare_data.py`)."""
+    if cfg.sources:
+        return "\n".join(
+            [f"mixture: {folder}"] + [describe_shards(f) for f in source_folders(cfg, folder).values()]
+        )
     return describe_examples(folder) if cfg.kind == "sft" else describe_shards(folder)
 
 
@@ -73,6 +89,8 @@ def hf_trainer_samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Datas
     """
     if cfg.kind == "sft":
         return UnshiftedExamples(SFTExamples(folder, split)), True
+    if cfg.sources:
+        raise DataError("data.sources: the transformers.Trainer comparison reads one corpus (data.path)")
     windows = PretrainWindows(TokenShards(folder, split), cfg.seq_len, document_masking=False)
     return UnshiftedWindows(windows), False
 

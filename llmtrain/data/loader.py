@@ -9,6 +9,9 @@ from torch.utils.data import DataLoader
 
 from llmtrain.config import DataConfig
 from llmtrain.data import samples
+from llmtrain.data.collate import collate
+from llmtrain.data.mixture_sampler import MixtureSampler
+from llmtrain.data.pretrain.mixture import WindowSubset, mixture_train, mixture_val, source_windows
 from llmtrain.data.sampler import GlobalBatchSampler
 
 
@@ -26,10 +29,24 @@ def build_train_loader(
 
     Each step is `global_batch_size / (micro_batch_size * dp_size)` consecutive micro-batches.
     """
-    windows, collate_fn = samples(cfg, shards_dir, "train")
-    sampler = GlobalBatchSampler(
-        len(windows), global_batch_size, micro_batch_size, dp_rank, dp_size, seed, start_step
-    )
+    if cfg.sources:
+        windows, sources = mixture_train(cfg, shards_dir)
+        collate_fn = collate
+        sampler: GlobalBatchSampler = MixtureSampler(
+            sources,
+            global_batch_size,
+            micro_batch_size,
+            dp_rank,
+            dp_size,
+            seed,
+            start_step,
+            cfg.mixture_block_steps,
+        )
+    else:
+        windows, collate_fn = samples(cfg, shards_dir, "train")
+        sampler = GlobalBatchSampler(
+            len(windows), global_batch_size, micro_batch_size, dp_rank, dp_size, seed, start_step
+        )
     workers = cfg.loader_workers
     return DataLoader(
         windows,
@@ -59,7 +76,42 @@ def build_val_loader(
     batches; the few windows that do not divide evenly over ranks are left out. Loaded in this
     process: reads are small and a fresh worker pool at every evaluation would cost more than it saves.
     """
-    windows, collate_fn = samples(cfg, shards_dir, "val")
+    if cfg.sources:  # the budget shared among the sources by weight
+        windows, collate_fn = mixture_val(cfg, shards_dir, num_samples), collate
+    else:
+        windows, collate_fn = samples(cfg, shards_dir, "val")
+    return _val_loader(windows, collate_fn, micro_batch_size, dp_rank, dp_size, num_samples)
+
+
+def build_source_val_loaders(
+    cfg: DataConfig, shards_dir: Path, micro_batch_size: int, dp_rank: int, dp_size: int, num_samples: int
+) -> dict[str, DataLoader]:
+    """Per source of a mixture, a validation loader over its own first `num_samples` windows (as
+    `build_val_loader`); empty without `data.sources`."""
+    if not cfg.sources:
+        return {}
+    return {
+        name: _val_loader(
+            WindowSubset(w, min(len(w), num_samples)),
+            collate,
+            micro_batch_size,
+            dp_rank,
+            dp_size,
+            num_samples,
+        )
+        for name, w in source_windows(cfg, shards_dir, "val").items()
+    }
+
+
+def windows_by_source(loader: DataLoader, step: int) -> dict[str, int]:
+    """Training windows drawn from each source in steps [0, step) (all ranks); {} for one corpus."""
+    sampler = loader.batch_sampler
+    return sampler.windows_drawn(step) if isinstance(sampler, MixtureSampler) else {}
+
+
+def _val_loader(
+    windows, collate_fn, micro_batch_size: int, dp_rank: int, dp_size: int, num_samples: int
+) -> DataLoader:
     budget = min(len(windows), num_samples)
     share = budget // dp_size
     mine = list(range(dp_rank * share, (dp_rank + 1) * share))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -41,16 +42,41 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
+# An extra validation metric: called on every rank at each evaluation, rank 0's numbers logged.
+MetricFn = Callable[[Strategy, TrainState], dict[str, float]]
+
+
+def source_val_losses(loaders: dict) -> MetricFn:
+    """`val_loss/<source>` for each source's own validation loader (a data mixture)."""
+
+    def metrics(strategy: Strategy, state: TrainState) -> dict[str, float]:
+        out = {}
+        for name, loader in loaders.items():
+            loss = evaluate(strategy, loader)
+            if loss is not None:
+                out[f"val_loss/{name}"] = loss
+        return out
+
+    return metrics
+
+
 class Evaluator:
-    """One evaluation: samples (if any), then the validation loss; the best loss is kept in the
-    train state, so it survives a resume."""
+    """One evaluation: samples (if any), then the validation loss and any `extra_metrics`, logged
+    together; the best loss is kept in the train state, so it survives a resume."""
 
     def __init__(
-        self, strategy: Strategy, val_loader, tracker: Tracker, sampler: PromptSampler | None
+        self,
+        strategy: Strategy,
+        val_loader,
+        tracker: Tracker,
+        sampler: PromptSampler | None,
+        extra_metrics: list[MetricFn] | None = None,
     ) -> None:
         self.strategy, self.val_loader, self.tracker, self.sampler = strategy, val_loader, tracker, sampler
+        self.extra_metrics = extra_metrics or []
 
-    def __call__(self, state: TrainState) -> float | None:
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        """Every validation metric of this evaluation; {} when there is no validation data."""
         if self.sampler is not None:
             rows = self.sampler(self.strategy)
             for row in rows:
@@ -58,8 +84,11 @@ class Evaluator:
             self.tracker.log_samples(state.step, rows)
         val_loss = evaluate(self.strategy, self.val_loader)
         if val_loss is None:
-            return None
+            return {}
         if state.best_val_loss is None or val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
-        self.tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
-        return val_loss
+        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        for fn in self.extra_metrics:
+            metrics.update(fn(self.strategy, state))
+        self.tracker.log({"step": state.step, **metrics}, ("val_loss", "val_ppl"))
+        return metrics

@@ -19,6 +19,7 @@ from llmtrain.checkpoint.io import keep_newest_finite, load_checkpoint, resume_p
 from llmtrain.cluster.signals import StopRequest
 from llmtrain.cluster.slurm import requeue_current_job
 from llmtrain.config import TrainConfig
+from llmtrain.data.loader import windows_by_source
 from llmtrain.dist import (
     DistInfo,
     ParallelDims,
@@ -36,10 +37,17 @@ from llmtrain.strategy import Strategy
 from llmtrain.strategy.base import StepResult
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
-from llmtrain.train.evaluate import Evaluator
+from llmtrain.train.evaluate import Evaluator, source_val_losses
 from llmtrain.train.rundir import RunDir
 from llmtrain.train.samples import PromptSampler
-from llmtrain.train.setup import RunData, build_loaders, build_model_and_strategy, prepare_data, to_device
+from llmtrain.train.setup import (
+    RunData,
+    build_loaders,
+    build_model_and_strategy,
+    prepare_data,
+    source_val_loaders,
+    to_device,
+)
 from llmtrain.train.state import SkipCounter, TrainState
 from llmtrain.train.step import train_step
 
@@ -116,7 +124,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     tracker = Tracker(cfg, run_dir.path, resume_step=state.step, wandb_run_id=state.wandb_run_id)
     state.wandb_run_id = tracker.wandb_run_id
     sampler = PromptSampler(cfg, data.tokenizer) if trainer.sample_prompts else None
-    evaluator = Evaluator(strategy, val_loader, tracker, sampler)
+    per_source = source_val_loaders(cfg, data.shards_dir, strategy)
+    extra = [source_val_losses(per_source)] if per_source else []
+    evaluator = Evaluator(strategy, val_loader, tracker, sampler, extra)
     meter = _interval_meter(cfg, strategy, state)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
@@ -130,7 +140,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
 
     data_iter = iter(train_loader)
     if state.step == 0 and trainer.eval_every:
-        val_loss = evaluator(state)  # the starting point
+        val_loss = evaluator(state).get("val_loss")  # the starting point
     strategy.train(True)
     try:
         while state.step < trainer.max_steps:
@@ -151,9 +161,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
             if (log_step or save_step) and skips.read(state) >= trainer.max_nonfinite_steps:
                 break
             if log_step:
-                _log_interval(tracker, state, meter, out.result, strategy)
+                sources = _source_tokens(train_loader, state.step, cfg.data.seq_len)
+                _log_interval(tracker, state, meter, out.result, strategy, sources)
             if trainer.eval_every and state.step % trainer.eval_every == 0:
-                val_loss = evaluator(state)
+                val_loss = evaluator(state).get("val_loss")
             stop_code = all_reduce_max_host(stop.code)  # host-side: no device sync
             if stop_code:
                 stop.agree(stop_code)  # a rank the signal missed learns which one it was
@@ -169,7 +180,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         stop_reason, last_ckpt = _diverged(state, trainer.max_nonfinite_steps, run_dir.path)
     else:
         if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
-            val_loss = evaluator(state)
+            val_loss = evaluator(state).get("val_loss")
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
@@ -236,7 +247,12 @@ def _log_batch(cfg: TrainConfig, strategy: Strategy, accum: int) -> None:
 
 
 def _log_interval(
-    tracker: Tracker, state: TrainState, meter: IntervalMeter, result: StepResult, strategy: Strategy
+    tracker: Tracker,
+    state: TrainState,
+    meter: IntervalMeter,
+    result: StepResult,
+    strategy: Strategy,
+    extra: dict[str, int] | None = None,
 ) -> None:
     """One metrics line for the steps since the last one (a collective: every rank calls it)."""
     interval = meter.read()
@@ -256,7 +272,14 @@ def _log_interval(
     }
     if result.loss_scale is not None:
         metrics["loss_scale"] = result.loss_scale.item()
+    metrics.update(extra or {})
     tracker.log(metrics, ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"))
+
+
+def _source_tokens(train_loader, step: int, seq_len: int) -> dict[str, int]:
+    """Tokens drawn so far from each source of a mixture (`tokens/<source>`); {} for one corpus.
+    Counted from the sampler's plan, so they are exact across resumes and world sizes."""
+    return {f"tokens/{name}": n * seq_len for name, n in windows_by_source(train_loader, step).items()}
 
 
 def _finish(

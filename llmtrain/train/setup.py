@@ -11,7 +11,7 @@ import torch
 from llmtrain.config import ConfigError, TrainConfig
 from llmtrain.data import check_manifest, ensure_prepared
 from llmtrain.data.errors import DataError
-from llmtrain.data.loader import build_train_loader, build_val_loader
+from llmtrain.data.loader import build_source_val_loaders, build_train_loader, build_val_loader
 from llmtrain.data.tokenizer.load import load_tokenizer
 from llmtrain.dist import DistInfo, broadcast_object, is_main_process
 from llmtrain.model.build import build_model
@@ -83,6 +83,19 @@ def build_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy, start_
         num_samples=cfg.trainer.eval_batches * cfg.trainer.global_batch_size,
     )
     return train_loader, val_loader
+
+
+def source_val_loaders(cfg: TrainConfig, shards_dir: Path, strategy: Strategy) -> dict:
+    """A data mixture's per-source validation loaders for this rank ({} for one corpus), each the
+    size of the main validation set."""
+    return build_source_val_loaders(
+        cfg.data,
+        shards_dir,
+        micro_batch_size=cfg.trainer.micro_batch_for(strategy.dp_size),
+        dp_rank=strategy.dp_rank,
+        dp_size=strategy.dp_size,
+        num_samples=cfg.trainer.eval_batches * cfg.trainer.global_batch_size,
+    )
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ import json
 import pytest
 import sentencepiece as spm
 
-from llmtrain.bench.prep import BASELINE, OURS, bench_prepare
+from llmtrain.bench.prep import BASELINE, CEILING, OURS, bench_prepare
 from llmtrain.config import load_config
 from llmtrain.data.errors import DataError
 
@@ -21,15 +21,17 @@ def test_prep_bench_tokenizes_the_same_documents_as_datasets_map_and_reports_the
     model = shared_data / "llama2_tokenizer.model"
     cfg = load_config(["data=c4_demo", f"data.path={source}", f"data.tokenizer={model}"])
 
-    ours, baseline = bench_prepare(cfg, workers=2, json_path=tmp_path / "prep.json")
+    ours, ceiling, baseline = bench_prepare(cfg, workers=2, json_path=tmp_path / "prep.json")
 
     ids = spm.SentencePieceProcessor(model_file=str(model)).encode([t for t in texts if t])
-    assert ours.tokens == baseline.tokens == sum(len(x) + 1 for x in ids)
+    assert ours.tokens == ceiling.tokens == baseline.tokens == sum(len(x) + 1 for x in ids)
     for r in (ours, baseline):
         assert r.workers == 2 and r.tokens_per_sec > 0 and r.peak_rss_mib > 0 and r.output_mib > 0
-    assert f"{OURS} / {BASELINE}: " in capsys.readouterr().out
+    assert ceiling.output_mib == 0, "the ceiling writes nothing"
+    out = capsys.readouterr().out
+    assert f"{OURS} / {BASELINE}: " in out and f"{OURS} / {CEILING}: " in out
     rows = json.loads((tmp_path / "prep.json").read_text())
-    assert [r["name"] for r in rows] == [OURS, BASELINE] and rows[0]["tokens_per_sec"] > 0
+    assert [r["name"] for r in rows] == [OURS, CEILING, BASELINE] and rows[0]["tokens_per_sec"] > 0
 
 
 def test_prep_bench_refuses_sources_datasets_json_loader_would_read_differently():

@@ -1,6 +1,6 @@
 """Raw documents → tokenized shards + manifest, and the cache that reuses them.
 
-Documents stream from `llmtrain.data.pretrain.sources`, are tokenized in worker processes (order kept),
+Documents stream from `llmtrain.data.pretrain.sources`, are tokenized by the tokenizer's thread pool (order kept),
 get an EOS appended (pretraining windows cut across documents; the EOS is how the model learns
 where one ends, so no BOS is added), and go to `train/` or `val/` by a hash of their index. The
 whole folder is built under a temporary name and published (`llmtrain.data.cache.publish`).
@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,21 +33,13 @@ from llmtrain.data.cache import (
     shard_dtype,
 )
 from llmtrain.data.errors import DataError
-from llmtrain.data.pretrain.sources import Document, iter_documents, source_fingerprint
+from llmtrain.data.pretrain.encode import tokenize_documents
+from llmtrain.data.pretrain.sources import iter_documents, source_fingerprint
 from llmtrain.data.tokenizer.load import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger("llmtrain")
 
-# A chunk is the unit of work sent to a tokenizer process: big enough to amortise the pickling.
-_CHUNK_DOCS = 512
-_CHUNK_CHARS = 4_000_000
 _EXAMPLES_KEPT = 5
-# A text longer than this is tokenized in windows (`_encode_long`): a tokenizer call holds about
-# 200 bytes per character (a 34 MB one-line document peaked at 7 GB), so memory must follow the
-# window, not the document.
-_PIECE_CHARS = 1 << 18
-_PIECE_MARGIN = 512
-_WHITESPACE = re.compile(r"\s")
 
 
 def prep_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -107,22 +96,50 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
     `workers`: tokenizer processes; None means `data.prep_workers`, and if that is None too, all
     cores. With 1 (or fewer) everything runs in this process. The output does not depend on it.
     """
+    tok = load_tokenizer(cfg.tokenizer)
+    workers = prep_workers(cfg, workers)
+    total = cfg.synthetic_docs if cfg.format == "synthetic" else None
+
+    def documents(bar: Any) -> Iterator[tuple[int, str, np.ndarray]]:
+        for index, doc, tokens in tokenize_documents(iter_documents(cfg), tok, workers):
+            bar.update(1)
+            yield index, doc.origin, tokens
+
+    return write_shards(cfg, tok, out_dir, source_fingerprint(cfg), documents, total, progress)
+
+
+def prep_workers(cfg: DataConfig, workers: int | None) -> int:
+    if workers is not None:
+        return workers
+    return cfg.prep_workers if cfg.prep_workers is not None else (os.cpu_count() or 1)
+
+
+def write_shards(
+    cfg: DataConfig,
+    tok: Any,
+    out_dir: Path,
+    sources: dict[str, Any],
+    documents: Any,
+    total: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Route `documents(bar)` — (index, origin, token ids + EOS or empty) in source order — into the
+    train/val shards of a new folder `out_dir`, with its manifest; the one writer of shard folders
+    (`prepare_shards`, and the merge of a preparation done in parts)."""
+    from tqdm import tqdm
+
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists; delete it or choose another output folder")
-    tok = load_tokenizer(cfg.tokenizer)
     identity = tokenizer_identity(tok)
     dtype = shard_dtype(identity["vocab_size"])
-    sources = source_fingerprint(cfg)
-    if workers is None:
-        workers = cfg.prep_workers if cfg.prep_workers is not None else (os.cpu_count() or 1)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         writers = {split: _ShardWriter(tmp, split, dtype, cfg.shard_tokens) for split in SPLITS}
         started = time.perf_counter()
-        empty = _write_documents(cfg, tok, writers, workers, progress)
+        with tqdm(total=total, unit="doc", desc=f"prepare {cfg.name}", disable=not progress) as bar:
+            empty = _write_documents(cfg, documents(bar), writers)
         seconds = time.perf_counter() - started
         if writers["train"].num_docs == 0:
             raise DataError(
@@ -169,153 +186,33 @@ def prepare_shards(cfg: DataConfig, out_dir: Path, workers: int | None = None, p
 
 
 def _write_documents(
-    cfg: DataConfig, tok: Any, writers: dict[str, _ShardWriter], workers: int, progress: bool
+    cfg: DataConfig, documents: Iterator[tuple[int, str, np.ndarray]], writers: dict[str, _ShardWriter]
 ) -> dict[str, Any]:
     """Route every tokenized document to its split; returns the empty-document count and examples."""
-    from tqdm import tqdm
-
     empty_count, examples = 0, []
     # The newest train document is held back: if validation would end up empty, it moves there,
     # which guarantees a validation document whenever val_fraction > 0 and there are two documents.
     pending: np.ndarray | None = None
-    total = cfg.synthetic_docs if cfg.format == "synthetic" else None
-    with tqdm(total=total, unit="doc", desc=f"prepare {cfg.name}", disable=not progress) as bar:
-        for index, doc, tokens in _tokenize(cfg, tok, workers):
-            bar.update(1)
-            val = is_val_document(index, cfg.val_fraction)
-            if len(tokens) == 0:
-                empty_count += 1
-                writers["val" if val else "train"].num_empty += 1
-                if len(examples) < _EXAMPLES_KEPT:
-                    examples.append(doc.origin)
-                continue
-            if val:
-                writers["val"].add(tokens)
-            else:
-                if pending is not None:
-                    writers["train"].add(pending)
-                pending = tokens
+    for index, origin, tokens in documents:
+        val = is_val_document(index, cfg.val_fraction)
+        if len(tokens) == 0:
+            empty_count += 1
+            writers["val" if val else "train"].num_empty += 1
+            if len(examples) < _EXAMPLES_KEPT:
+                examples.append(origin)
+            continue
+        if val:
+            writers["val"].add(tokens)
+        else:
+            if pending is not None:
+                writers["train"].add(pending)
+            pending = tokens
     if pending is not None:
         if cfg.val_fraction > 0 and writers["val"].num_docs == 0 and writers["train"].num_docs > 0:
             writers["val"].add(pending)
         else:
             writers["train"].add(pending)
     return {"count": empty_count, "examples": examples}
-
-
-def _chunks(docs: Iterator[Document]) -> Iterator[list[Document]]:
-    chunk: list[Document] = []
-    chars = 0
-    for doc in docs:
-        chunk.append(doc)
-        chars += len(doc.text)
-        if len(chunk) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
-
-
-def _tokenize(cfg: DataConfig, tok: Any, workers: int) -> Iterator[tuple[int, Document, np.ndarray]]:
-    """(document index, document, token ids + EOS or empty) for every document, in source order."""
-    index = 0
-    chunks = _chunks(iter_documents(cfg))
-    if workers <= 1:
-        for chunk in chunks:
-            for doc, tokens in zip(chunk, _encode_texts(tok, [d.text for d in chunk])):
-                yield index, doc, tokens
-                index += 1
-        return
-    # apply_async with a bounded queue instead of Pool.imap: imap's feeder thread would read the
-    # whole corpus ahead into memory when the tokenizers are slower than the reader.
-    max_in_flight = 2 * workers
-    # The workers get this process's tokenizer rather than its spec: forked, they inherit it for free,
-    # where rebuilding it (a sentencepiece model is converted on load) costs each about half a second.
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:
-        in_flight: deque = deque()
-        for chunk in chunks:
-            in_flight.append((chunk, pool.apply_async(_encode_in_worker, ([d.text for d in chunk],))))
-            while len(in_flight) >= max_in_flight:
-                done, result = in_flight.popleft()
-                for doc, tokens in zip(done, result.get()):
-                    yield index, doc, tokens
-                    index += 1
-        while in_flight:
-            done, result = in_flight.popleft()
-            for doc, tokens in zip(done, result.get()):
-                yield index, doc, tokens
-                index += 1
-
-
-def _encode_texts(tok: Any, texts: list[str]) -> list[np.ndarray]:
-    # split_special_tokens: a document that contains the text "</s>" must not get a real EOS id there.
-    short = [t if len(t) <= _PIECE_CHARS else "" for t in texts]
-    batch = tok(short, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    eos = np.array([tok.eos_token_id], dtype=np.uint32)
-    out = []
-    for text, ids in zip(texts, batch):
-        ids = _encode_long(tok, text) if len(text) > _PIECE_CHARS else np.array(ids, dtype=np.uint32)
-        out.append(np.concatenate([ids, eos]) if len(ids) else np.empty(0, dtype=np.uint32))
-    return out
-
-
-def _encode_long(tok: Any, text: str) -> np.ndarray:
-    """The ids of `text` (no EOS), tokenized in windows of about `_PIECE_CHARS` characters.
-
-    Boundary rule: the text is cut at the first whitespace after every `_PIECE_CHARS` characters
-    (anywhere, if there is none within another `_PIECE_CHARS`). Each piece is tokenized with
-    `_PIECE_MARGIN` characters of context on each side and keeps the tokens whose first character
-    lies in it. A token depends only on nearby text (merges do not reach across hundreds of
-    characters; a dummy-prefix "▁" lands in the margin), so the stream equals the whole text's.
-    Each seam is checked: the kept tokens of neighbouring pieces must meet exactly, else the piece is
-    tokenized again with a margin four times wider.
-    """
-    parts: list[np.ndarray] = []
-    prev_end = 0
-    for a, b in _pieces(text):
-        margin = _PIECE_MARGIN
-        while True:
-            lo, hi = max(0, a - margin), min(len(text), b + margin)
-            enc = tok(
-                text[lo:hi], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
-            )
-            kept = [
-                (t, lo + s, lo + e)
-                for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])
-                if a <= lo + s < b
-            ]
-            if not kept or kept[0][1] == prev_end or margin >= len(text):
-                break
-            margin *= 4
-        if kept:
-            prev_end = kept[-1][2]
-        parts.append(np.array([t for t, _, _ in kept], dtype=np.uint32))
-        del enc, kept
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
-
-
-def _pieces(text: str) -> Iterator[tuple[int, int]]:
-    a = 0
-    while a < len(text):
-        b = a + _PIECE_CHARS
-        if b < len(text):
-            m = _WHITESPACE.search(text, b, b + _PIECE_CHARS)
-            b = m.start() if m else b
-        b = min(b, len(text))
-        yield a, b
-        a = b
-
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tok: Any) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tok
-
-
-def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
-    return _encode_texts(_worker_tokenizer, texts)
 
 
 class _ShardWriter:

@@ -12,7 +12,7 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import llmtrain.data.pretrain.prepare as prepare
+import llmtrain.data.pretrain.encode as encode
 from llmtrain.config import DataConfig
 from llmtrain.data.cache import check_manifest, shard_dtype
 from llmtrain.data.errors import DataError
@@ -132,7 +132,7 @@ def test_small_shard_tokens_rolls_over_to_several_shards(make_shards):
 
 
 def test_parallel_workers_write_byte_identical_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "_CHUNK_DOCS", 16)  # many chunks in flight, to exercise ordering
+    monkeypatch.setattr(encode, "_CHUNK_DOCS", 16)  # many chunks in flight, to exercise ordering
     cfg = DataConfig(format="synthetic", synthetic_docs=600, shard_tokens=50_000)
     one = prepare_shards(cfg, tmp_path / "one", workers=1, progress=False)
     two = prepare_shards(cfg, tmp_path / "two", workers=2, progress=False)
@@ -240,12 +240,12 @@ def mixed_text(chars: int, seed: int = 0) -> str:
 def test_long_texts_tokenized_in_windows_equal_the_whole_text(monkeypatch, shared_data: Path, spec):
     tok = load_tokenizer(str(shared_data / "llama2_tokenizer.model") if spec == "llama2" else "byte")
     # Small windows and margins: many seams, some inside the run with no whitespace.
-    monkeypatch.setattr(prepare, "_PIECE_CHARS", 1500)
-    monkeypatch.setattr(prepare, "_PIECE_MARGIN", 32)
+    monkeypatch.setattr(encode, "_PIECE_CHARS", 1500)
+    monkeypatch.setattr(encode, "_PIECE_MARGIN", 32)
     for seed in range(3):
         text = mixed_text(60_000, seed)
         whole = tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
-        [windowed] = prepare._encode_texts(tok, [text])
+        [windowed] = encode._encode_texts(tok, [text])
         assert windowed.tolist() == [*whole, tok.eos_token_id]
 
 
