@@ -1,21 +1,29 @@
-"""Evaluation: the validation loss (token-weighted over every rank's share of the validation set)
-and, when prompts are configured, greedy samples; both logged at the step they were taken."""
+"""Evaluation: the validation loss (token-weighted over every rank's share of the validation set),
+any extra metric functions (generated answers, choice scoring, classification), and, when prompts
+are configured, greedy samples; all logged at the step they were taken."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
+from llmtrain.config import TrainConfig
 from llmtrain.dist import all_reduce_max, all_reduce_sum
 from llmtrain.model.loss import IGNORE_INDEX
 from llmtrain.strategy.base import Strategy
 from llmtrain.tracking.tracker import Tracker
 from llmtrain.train.samples import PromptSampler
+from llmtrain.train.setup import RunData
 from llmtrain.train.state import TrainState
 
 log = logging.getLogger("llmtrain")
+
+# An extra validation metric: every rank calls it (sharded engines need all of them in each
+# forward); rank 0's numbers are logged. Returns {} when it has nothing to report.
+MetricFn = Callable[[Strategy, TrainState], dict[str, float]]
 
 
 def evaluate(strategy: Strategy, val_loader) -> float | None:
@@ -42,24 +50,52 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
 
 
 class Evaluator:
-    """One evaluation: samples (if any), then the validation loss; the best loss is kept in the
-    train state, so it survives a resume."""
+    """One evaluation: samples (if any), then the validation loss and the extra metrics, logged as
+    one line; the best loss is kept in the train state, so it survives a resume."""
 
     def __init__(
-        self, strategy: Strategy, val_loader, tracker: Tracker, sampler: PromptSampler | None
+        self,
+        strategy: Strategy,
+        val_loader,
+        tracker: Tracker,
+        sampler: PromptSampler | None,
+        metric_fns: Sequence[MetricFn] = (),
     ) -> None:
         self.strategy, self.val_loader, self.tracker, self.sampler = strategy, val_loader, tracker, sampler
+        self.metric_fns = list(metric_fns)
 
-    def __call__(self, state: TrainState) -> float | None:
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        """Every validation metric of this evaluation (`val_loss`, `val_ppl`, then the extra
+        functions' keys); {} when there is no validation data."""
         if self.sampler is not None:
             rows = self.sampler(self.strategy)
             for row in rows:
                 log.info("step %d | sample | %r -> %r", state.step, row["prompt"], row["completion"])
             self.tracker.log_samples(state.step, rows)
+        metrics: dict[str, float] = {}
         val_loss = evaluate(self.strategy, self.val_loader)
-        if val_loss is None:
-            return None
-        if state.best_val_loss is None or val_loss < state.best_val_loss:
-            state.best_val_loss = val_loss
-        self.tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
-        return val_loss
+        if val_loss is not None:
+            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+            if state.best_val_loss is None or val_loss < state.best_val_loss:
+                state.best_val_loss = val_loss
+        for fn in self.metric_fns:
+            metrics.update(fn(self.strategy, state))
+        if metrics:
+            self.tracker.log({"step": state.step, **metrics})
+        return metrics
+
+
+def build_evaluator(
+    cfg: TrainConfig, data: RunData, strategy: Strategy, val_loader, tracker: Tracker
+) -> Evaluator:
+    """The run's evaluation: samples for `trainer.sample_prompts`, and the metric functions its
+    config asks for (generated answers, choice scoring)."""
+    from llmtrain.train.reply_metrics import ChoiceScores, GeneratedAnswers
+
+    sampler = PromptSampler(cfg, data.tokenizer) if cfg.trainer.sample_prompts else None
+    fns: list[MetricFn] = []
+    if cfg.trainer.eval_generate:
+        fns.append(GeneratedAnswers(cfg, data.tokenizer, data.shards_dir, tracker))
+    if cfg.data.choices:
+        fns.append(ChoiceScores(cfg, data.tokenizer, data.shards_dir, tracker))
+    return Evaluator(strategy, val_loader, tracker, sampler, fns)

@@ -36,9 +36,9 @@ from llmtrain.strategy import Strategy
 from llmtrain.strategy.base import StepResult
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
-from llmtrain.train.evaluate import Evaluator
+from llmtrain.train.early_stop import BestTracker, Verdict
+from llmtrain.train.evaluate import build_evaluator
 from llmtrain.train.rundir import RunDir
-from llmtrain.train.samples import PromptSampler
 from llmtrain.train.setup import RunData, build_loaders, build_model_and_strategy, prepare_data, to_device
 from llmtrain.train.state import SkipCounter, TrainState
 from llmtrain.train.step import train_step
@@ -59,7 +59,7 @@ class TrainResult:
 
     | code | when |
     | --- | --- |
-    | 0 (`EXIT_OK`) | `trainer.max_steps` reached; or a SLURM USR1 stop whose job was requeued |
+    | 0 (`EXIT_OK`) | `trainer.max_steps` reached; early stopping (`trainer.early_stopping`); or a SLURM USR1 stop whose job was requeued |
     | 3 (`EXIT_DIVERGED`) | `trainer.max_nonfinite_steps` consecutive non-finite steps: no checkpoint of the diverged state; `latest` is the newest finite checkpoint (saved with no streak running) |
     | 75 (`EXIT_STOPPED`) | stopped by a signal before `max_steps` and not requeued: checkpoint written, a rerun resumes |
     """
@@ -115,13 +115,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
 
     tracker = Tracker(cfg, run_dir.path, resume_step=state.step, wandb_run_id=state.wandb_run_id)
     state.wandb_run_id = tracker.wandb_run_id
-    sampler = PromptSampler(cfg, data.tokenizer) if trainer.sample_prompts else None
-    evaluator = Evaluator(strategy, val_loader, tracker, sampler)
+    evaluator = build_evaluator(cfg, data, strategy, val_loader, tracker)
+    best = BestTracker(trainer, state)
     meter = _interval_meter(cfg, strategy, state)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
-    stop_reason = f"reached trainer.max_steps={trainer.max_steps}"
-    last_ckpt, val_loss = resume_from, None
+    stop_reason = best.already_stopped(state) or f"reached trainer.max_steps={trainer.max_steps}"
+    early_stopped = stop_reason.startswith("early stopping")
+    last_ckpt, metrics = resume_from, {}
 
     def checkpoint() -> Path:
         state.interval = meter.snapshot()
@@ -130,10 +131,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
 
     data_iter = iter(train_loader)
     if state.step == 0 and trainer.eval_every:
-        val_loss = evaluator(state)  # the starting point
+        metrics = evaluator(state)  # the starting point
+        if best(metrics, state).improved:
+            last_ckpt = checkpoint()  # the best can be the start (a fine-tune that only gets worse)
     strategy.train(True)
     try:
-        while state.step < trainer.max_steps:
+        while state.step < trainer.max_steps and not early_stopped:
             t_data = time.perf_counter()
             micro_batches = [
                 strategy.local_batch(to_device(next(data_iter), dist.device)) for _ in range(accum)
@@ -152,14 +155,19 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
                 break
             if log_step:
                 _log_interval(tracker, state, meter, out.result, strategy)
+            verdict = Verdict()
             if trainer.eval_every and state.step % trainer.eval_every == 0:
-                val_loss = evaluator(state)
+                metrics = evaluator(state)
+                verdict = best(metrics, state)
+            if verdict.stop_reason:
+                stop_reason, early_stopped = verdict.stop_reason, True
+                break
             stop_code = all_reduce_max_host(stop.code)  # host-side: no device sync
             if stop_code:
                 stop.agree(stop_code)  # a rank the signal missed learns which one it was
                 stop_reason = f"stopped by {stop.signal_name} at step {state.step}"
                 break
-            if save_step:
+            if save_step or verdict.improved:  # an improving evaluation's checkpoint is the best
                 last_ckpt = checkpoint()
     finally:
         stop.uninstall()
@@ -169,11 +177,13 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         stop_reason, last_ckpt = _diverged(state, trainer.max_nonfinite_steps, run_dir.path)
     else:
         if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
-            val_loss = evaluator(state)
+            metrics = evaluator(state)
+            best(metrics, state)  # the final checkpoint below is this step's
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
+    val_loss = metrics.get("val_loss")
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
-    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued)
+    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued or early_stopped)
     return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)
 
 
@@ -278,6 +288,9 @@ def _finish(
             "tokens": state.tokens,
             "final_val_loss": val_loss,
             "best_val_loss": state.best_val_loss,
+            "best_metric": state.best_metric,
+            "best_value": state.best_value,
+            "best_step": state.best_step,
             "checkpoint": str(last_ckpt) if last_ckpt else None,
         }
     )
