@@ -28,12 +28,15 @@ class Verdict:
 
 
 class BestTracker:
-    """Reads each evaluation's metrics against the best so far (state lives in `TrainState`)."""
+    """Reads each evaluation's metrics against the best so far (state lives in `TrainState`);
+    keeps the latest evaluation's metrics and whether early stopping ended the run."""
 
     def __init__(self, trainer: TrainerConfig, state: TrainState) -> None:
         self.tracked = trainer.best_metric
         self.early = trainer.early_stopping
         self.stops = trainer.early_stopping.metric is not None
+        self.last_metrics: dict[str, float] = {}
+        self.stopped = False
         if self.tracked is not None and state.best_metric not in (None, self.tracked[0]):
             # A resume that tracks another metric: the old best means nothing for the new one.
             log.warning(
@@ -50,10 +53,12 @@ class BestTracker:
         """The stop reason when a resumed run had already run out of patience (a rerun of a run
         that stopped early stops again instead of training on; a larger patience continues it)."""
         if self.stops and state.best_step is not None and state.evals_since_best >= self.early.patience:
+            self.stopped = True
             return self._reason(state)
         return None
 
     def __call__(self, metrics: dict[str, float], state: TrainState) -> Verdict:
+        self.last_metrics = metrics
         if self.tracked is None:
             return Verdict()
         name, mode = self.tracked
@@ -72,6 +77,7 @@ class BestTracker:
             return Verdict(improved=True)
         state.evals_since_best += 1
         if self.stops and state.evals_since_best >= self.early.patience:
+            self.stopped = True
             return Verdict(stop_reason=self._reason(state))
         return Verdict()
 

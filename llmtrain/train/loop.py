@@ -121,8 +121,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
     stop_reason = best.already_stopped(state) or f"reached trainer.max_steps={trainer.max_steps}"
-    early_stopped = stop_reason.startswith("early stopping")
-    last_ckpt, metrics = resume_from, {}
+    last_ckpt = resume_from
 
     def checkpoint() -> Path:
         state.interval = meter.snapshot()
@@ -130,13 +129,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         return save_checkpoint(run_dir.path, strategy, state.to_dict(), cfg, finite)
 
     data_iter = iter(train_loader)
-    if state.step == 0 and trainer.eval_every:
-        metrics = evaluator(state)  # the starting point
-        if best(metrics, state).improved:
-            last_ckpt = checkpoint()  # the best can be the start (a fine-tune that only gets worse)
+    # The starting point; it can be the best (a fine-tune that only gets worse), so it is saved then.
+    if state.step == 0 and trainer.eval_every and best(evaluator(state), state).improved:
+        last_ckpt = checkpoint()
     strategy.train(True)
     try:
-        while state.step < trainer.max_steps and not early_stopped:
+        while state.step < trainer.max_steps and not best.stopped:
             t_data = time.perf_counter()
             micro_batches = [
                 strategy.local_batch(to_device(next(data_iter), dist.device)) for _ in range(accum)
@@ -155,12 +153,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
                 break
             if log_step:
                 _log_interval(tracker, state, meter, out.result, strategy)
-            verdict = Verdict()
-            if trainer.eval_every and state.step % trainer.eval_every == 0:
-                metrics = evaluator(state)
-                verdict = best(metrics, state)
+            evaluate_now = trainer.eval_every and state.step % trainer.eval_every == 0
+            verdict = best(evaluator(state), state) if evaluate_now else Verdict()
             if verdict.stop_reason:
-                stop_reason, early_stopped = verdict.stop_reason, True
+                stop_reason = verdict.stop_reason
                 break
             stop_code = all_reduce_max_host(stop.code)  # host-side: no device sync
             if stop_code:
@@ -177,13 +173,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         stop_reason, last_ckpt = _diverged(state, trainer.max_nonfinite_steps, run_dir.path)
     else:
         if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
-            metrics = evaluator(state)
-            best(metrics, state)  # the final checkpoint below is this step's
+            best(evaluator(state), state)  # the final checkpoint below is this step's
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
-    val_loss = metrics.get("val_loss")
+    val_loss = best.last_metrics.get("val_loss")
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
-    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued or early_stopped)
+    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued or best.stopped)
     return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)
 
 

@@ -136,3 +136,49 @@ def test_a_reply_that_is_not_one_of_the_choices_names_the_example(workdir):
     args = choice_overrides(workdir, "bad_choices", **{"data.choices": "[even,maybe]"})
     with pytest.raises(DataError, match=r"example \d+: reply 'odd' is not one of data.choices"):
         train(load_config(args))
+
+
+@pytest.fixture(scope="module")
+def single_choices(workdir) -> Path:
+    """The reference for the sharded runs: one process, the same config."""
+    args = choice_overrides(workdir, "choices_single", **DIST)
+    return train(load_config(args)).run_dir
+
+
+DIST = {
+    "trainer.max_steps": 10,
+    "trainer.eval_every": 5,
+    "trainer.micro_batch_size": 4,
+    "trainer.eval_generate": 2,
+    "trainer.early_stopping.metric": "val_accuracy",
+    "trainer.early_stopping.mode": "max",
+}
+
+
+@pytest.mark.parametrize(("launcher", "strategy"), [("torchrun", "fsdp"), ("deepspeed", "zero3")])
+def test_reply_metrics_and_early_stopping_under_sharded_engines_match_one_process_at_the_start(
+    workdir, single_choices, launcher, strategy
+):
+    """Every rank runs each generation and scoring forward (FSDP2 and ZeRO-3 gather weights in
+    them: a rank that skipped one would hang the others); at step 0 the weights are the same init,
+    so the generations, choice scores and metrics equal one process's."""
+    from launcher import launch
+
+    run_dir = workdir / f"choices_{strategy}"
+    args = choice_overrides(workdir, run_dir.name, **{**DIST, "strategy": strategy})
+    launch(launcher, 2, [str(a) for a in args], timeout=900)
+    (ref, ref_samples), (got, got_samples) = logged(single_choices), logged(run_dir)
+    for key in ("val_loss", "val_accuracy", "val_macro_f1", "val_bleu", "val_rouge_l", "val_exact_match"):
+        assert got[0][key] == pytest.approx(ref[0][key], rel=1e-4, abs=1e-6), key
+    at_start = [
+        [(s["key"], s.get("completion"), s.get("predicted")) for s in rows if s["step"] == 0]
+        for rows in (ref_samples, got_samples)
+    ]
+    assert at_start[0] == at_start[1] and len(at_start[0]) == 2 + 40
+    scores = [
+        [s["scores"] for s in rows if s["step"] == 0 and s["key"] == CHOICES_KEY]
+        for rows in (ref_samples, got_samples)
+    ]
+    assert scores[1] == [[pytest.approx(v, rel=1e-4) for v in row] for row in scores[0]]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_metric"] == "val_accuracy" and summary["best_step"] is not None
