@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from llmtrain.config import TrainConfig
-from llmtrain.dist import all_reduce_max, all_reduce_sum
+from llmtrain.dist import all_reduce_max, all_reduce_sum, broadcast_object
 from llmtrain.model.loss import IGNORE_INDEX
 from llmtrain.strategy.base import Strategy
 from llmtrain.tracking.tracker import Tracker
@@ -80,6 +80,9 @@ class Evaluator:
                 state.best_val_loss = val_loss
         for fn in self.metric_fns:
             metrics.update(fn(self.strategy, state))
+        # Rank 0's numbers on every rank: decisions made from them (early stopping, saving the
+        # best checkpoint, both collective) must agree even where ranks' float sums differ.
+        metrics = broadcast_object(metrics)
         if metrics:
             self.tracker.log({"step": state.step, **metrics})
         return metrics

@@ -196,3 +196,27 @@ def test_export_best_of_a_run_that_tracked_no_best_says_how_to_track_one(stopped
     )
     with pytest.raises(CheckpointError, match="trainer.early_stopping.metric"):
         export_hf(run.run_dir, workdir / "no_best_export", best=True)
+
+
+def test_a_crash_while_saving_a_new_best_leaves_the_previous_best_exportable_and_the_resume_agrees(
+    stopped, workdir
+):
+    """Killed (SIGKILL, every rank) after writing the shards of the best evaluation's checkpoint
+    and before its commit: `latest` and the best are still the previous improvement's, --best
+    exports it, and the resumed run ends exactly as the uninterrupted one."""
+    from launcher import launch
+
+    from llmtrain.checkpoint.io import FAULT_AFTER_SHARDS_ENV
+
+    losses = [(r["step"], r["val_loss"]) for r in val_rows(stopped.run_dir)]
+    improving = [s for i, (s, v) in enumerate(losses) if all(v < w for _, w in losses[:i])]
+    crash_at, previous = improving[-1], improving[-2]
+    run_dir = workdir / "crashed"
+    args = [str(a) for a in overrides(workdir, "crashed")]
+    proc = launch("python", 1, args, env={FAULT_AFTER_SHARDS_ENV: str(crash_at)}, check=False)
+    assert proc.returncode != 0 and layout.latest_checkpoint(run_dir).name == layout.step_dir_name(previous)
+    assert layout.best_checkpoint(run_dir).name == layout.step_dir_name(previous)
+    exported = export_hf(run_dir, workdir / "crashed_best", best=True)
+    assert (exported / "model.safetensors").is_file()
+    resumed = train(load_config(overrides(workdir, "crashed")))
+    assert (resumed.step, resumed.stop_reason) == (stopped.step, stopped.stop_reason)
