@@ -1,4 +1,4 @@
-"""Export a checkpoint to a Hugging Face folder: `python launch/export_hf.py RUN_DIR_OR_CHECKPOINT OUT_DIR`."""
+"""Export a checkpoint to a Hugging Face folder: `python launch/export_hf.py RUN_DIR_OR_CHECKPOINT OUT_DIR [--best]`."""
 
 import argparse
 import logging
@@ -18,6 +18,13 @@ if __name__ == "__main__":
         action="store_true",
         help="LoRA runs: write the peft adapter alone instead of merging it",
     )
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="the run's best evaluation's checkpoint (trainer.early_stopping / trainer.keep_best)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(name)s: %(message)s")
-    print(run(lambda: export_hf(args.checkpoint, args.out_dir, adapter_only=args.adapter_only)))
+    print(
+        run(lambda: export_hf(args.checkpoint, args.out_dir, adapter_only=args.adapter_only, best=args.best))
+    )

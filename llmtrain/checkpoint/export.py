@@ -18,14 +18,17 @@ from llmtrain.strategy import strategy_class
 log = logging.getLogger(__name__)
 
 
-def export_hf(checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = False) -> Path:
+def export_hf(
+    checkpoint_or_run_dir: Path, out_dir: Path, adapter_only: bool = False, best: bool = False
+) -> Path:
     """Consolidate the checkpoint's (possibly sharded) weights into `out_dir`; returns `out_dir`.
 
     Runs in one process, needs no GPU and no process group: each strategy knows how to read its
     own shards (`Strategy.consolidate`). A LoRA run is exported with its adapters merged into the
-    base weights (a plain HF model), or with `adapter_only` as a peft adapter folder.
+    base weights (a plain HF model), or with `adapter_only` as a peft adapter folder. With `best`:
+    the best evaluation's checkpoint (`trainer.early_stopping` / `trainer.keep_best`) of the run.
     """
-    ckpt = _verified(Path(checkpoint_or_run_dir))
+    ckpt = _best(Path(checkpoint_or_run_dir)) if best else _verified(Path(checkpoint_or_run_dir))
     meta = layout.read_meta(ckpt)
     weights = strategy_class(meta.strategy).consolidate(ckpt / layout.MODEL_DIR)
     config = AutoConfig.from_pretrained(ckpt / layout.HF_CONFIG_DIR)
@@ -74,6 +77,28 @@ def _verified(path: Path) -> Path:
         return path
     found = manifest.newest_verified(path)
     return found if found is not None else layout.resolve_checkpoint(path)  # raises: nothing there
+
+
+def _best(path: Path) -> Path:
+    """The step folder the run's newest verified checkpoint names as its best evaluation's."""
+    run_dir = path.parent.parent if layout.is_complete(path) else path
+    latest = _verified(run_dir)
+    state = layout.read_trainer_state(latest)
+    if state.get("best_step") is None:
+        raise CheckpointError(
+            f"{run_dir} tracked no best checkpoint ({latest} names none); train with "
+            "trainer.early_stopping.metric=... or trainer.keep_best=true, or export without --best"
+        )
+    best = layout.checkpoints_dir(run_dir) / layout.step_dir_name(int(state["best_step"]))
+    if not layout.is_complete(best):
+        raise CheckpointError(f"{run_dir}: the best checkpoint {best} named by {latest} is missing")
+    log.info(
+        "best checkpoint: %s=%s at step %s",
+        state.get("best_metric"),
+        state.get("best_value"),
+        state["best_step"],
+    )
+    return _verified(best)
 
 
 def _fill_tied_embedding(weights: dict[str, torch.Tensor]) -> None:

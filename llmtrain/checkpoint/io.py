@@ -136,6 +136,7 @@ def save_checkpoint(
         layout.write_atomic(tmp / layout.TRAINER_STATE, meta.to_json() + "\n")
         final = layout.commit(run_dir, step)
         layout.prune(run_dir, cfg.trainer.keep_last)
+        layout.write_best_record(run_dir)
     barrier()
     return final
 

@@ -3,6 +3,7 @@
 run_dir/
     config.yaml             the resolved config of the latest start
     tokenizer/              the tokenizer, Hugging Face format (copied into every export)
+    best.json               the best evaluation (metric, mode, value, step, its checkpoint), when tracked
     checkpoints/
         step_000100/            one folder per saved step, complete or absent
             trainer_state.json  step and token counters, data position, strategy, world size, finite
@@ -17,6 +18,11 @@ run_dir/
 A step is written into `.tmp-step_NNNNNN`, renamed when every rank has finished, and only then is
 `latest` replaced (write + fsync + rename). A crash at any point leaves the previous checkpoint as
 `latest` and intact.
+
+The best checkpoint (`trainer.early_stopping`, `trainer.keep_best`) is the step the *latest*
+checkpoint's trainer state names as `best_step`: that state is committed atomically with its
+folder, so the best survives any crash, and retention keeps that folder whatever `keep_last` says.
+`best.json` is a readable copy rewritten after each save; nothing reads it back.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ RUN_CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST_RECORD = "best.json"
 # In a step folder.
 TRAINER_STATE = "trainer_state.json"
 CONFIG = "config.yaml"
@@ -134,13 +141,40 @@ def newest_finite(run_dir: Path) -> Path | None:
     return next((p for p in reversed(complete_steps(run_dir)) if read_meta(p).finite), None)
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The step folder the latest checkpoint's state names as the best evaluation's, or None when
+    the run tracks no best (or that folder is gone: a run dir pruned by an older version)."""
+    latest = latest_checkpoint(run_dir)
+    step = read_trainer_state(latest).get("best_step") if latest is not None else None
+    if step is None:
+        return None
+    path = checkpoints_dir(run_dir) / step_dir_name(int(step))
+    return path if is_complete(path) else None
+
+
+def write_best_record(run_dir: Path) -> None:
+    """`best.json` from the latest checkpoint's state (rank 0, after a commit)."""
+    best = best_checkpoint(run_dir)
+    if best is None:
+        return
+    state = read_trainer_state(latest_checkpoint(run_dir))
+    record = {
+        "metric": state.get("best_metric"),
+        "value": state.get("best_value"),
+        "step": state.get("best_step"),
+        "checkpoint": str(best.relative_to(run_dir)),
+    }
+    write_atomic(run_dir / BEST_RECORD, json.dumps(record, indent=2) + "\n")
+
+
 def prune(run_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints, and stale temp folders.
 
-    `latest` and the newest finite checkpoint are always kept: while a run diverges its newest
-    checkpoints carry a non-finite streak, and the one before it began is what a rerun needs."""
+    `latest`, the best checkpoint and the newest finite checkpoint are always kept: while a run
+    diverges its newest checkpoints carry a non-finite streak, and the one before it began is what
+    a rerun needs."""
     removed = []
-    keep = {latest_checkpoint(run_dir), newest_finite(run_dir)}
+    keep = {latest_checkpoint(run_dir), newest_finite(run_dir), best_checkpoint(run_dir)}
     for old in complete_steps(run_dir)[:-keep_last]:
         if old not in keep:
             shutil.rmtree(old, ignore_errors=True)

@@ -130,6 +130,10 @@ class DataConfig:
     # this many steps: per-block quotas by largest remainder, see llmtrain/data/mixture.py.
     mixture_block_steps: int = 10
 
+    # kind=sft whose replies are label words: score each validation example by the likelihood of
+    # each choice given its prompt and log accuracy/precision/recall/F1 of the argmax.
+    choices: list[str] = field(default_factory=list)
+
     # kind=sft: row format, chat template, loss masking, packing.
     sft: SFTConfig = field(default_factory=SFTConfig)
 
@@ -150,6 +154,14 @@ class DataConfig:
                 "must be true when data.sft.packing=true, or packed examples would attend to each other",
             )
         one_of(self.text_split, "data.text_split", TEXT_SPLITS)
+        require(
+            len(set(self.choices)) == len(self.choices) and all(c.strip() for c in self.choices),
+            "data.choices",
+            f"must be distinct non-empty label words, got {list(self.choices)}",
+        )
+        require(
+            len(self.choices) != 1, "data.choices", f"needs at least two choices, got {list(self.choices)}"
+        )
         require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
         require(
             0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from llmtrain.config.checks import ConfigError, one_of, require
 from llmtrain.config.data import DataConfig
+from llmtrain.config.evaluation import EarlyStoppingConfig, check_reply_eval
 from llmtrain.config.strategy import PARAM_DTYPES, DistConfig, ParallelConfig, StrategyConfig
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -150,6 +151,22 @@ class TrainerConfig:
     # SFT: user messages answered (greedy) at every evaluation, logged to the console and metrics.
     sample_prompts: list[str] = field(default_factory=list)
     sample_max_new_tokens: int = 48
+    # SFT: greedily answer the first N validation examples at every evaluation and log
+    # val_exact_match, val_bleu (sacrebleu) and val_rouge_l (rouge-score F-measure); 0: off.
+    eval_generate: int = 0
+    # New tokens per generated answer. None: the longest reference among them (plus its end token).
+    eval_generate_max_new_tokens: int | None = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Keep the best evaluation's checkpoint (of early_stopping.metric, or val_loss when early
+    # stopping is off) whatever keep_last deletes. Always on while early stopping is on.
+    keep_best: bool = False
+
+    @property
+    def best_metric(self) -> tuple[str, str] | None:
+        """(metric, mode) whose best evaluation is tracked and kept, or None."""
+        if self.early_stopping.metric is not None:
+            return self.early_stopping.metric, self.early_stopping.mode
+        return ("val_loss", "min") if self.keep_best else None
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "trainer.max_steps", f"must be > 0, got {self.max_steps}")
@@ -169,6 +186,19 @@ class TrainerConfig:
             "trainer.sample_max_new_tokens",
             f"must be > 0, got {self.sample_max_new_tokens}",
         )
+        require(self.eval_generate >= 0, "trainer.eval_generate", f"must be >= 0, got {self.eval_generate}")
+        if self.eval_generate_max_new_tokens is not None:
+            require(
+                self.eval_generate_max_new_tokens > 0,
+                "trainer.eval_generate_max_new_tokens",
+                f"must be > 0 or null, got {self.eval_generate_max_new_tokens}",
+            )
+        if self.early_stopping.metric is not None:
+            require(
+                self.eval_every > 0,
+                "trainer.early_stopping.metric",
+                f"={self.early_stopping.metric} needs periodic evaluations; trainer.eval_every is 0",
+            )
         require(self.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {self.grad_clip}")
         if self.grad_accum_steps is not None:
             require(
@@ -294,6 +324,7 @@ class TrainConfig:
                 f"{self.model.max_position_embeddings}"
             )
         self._check_parallel()
+        check_reply_eval(self.trainer.eval_generate, self.data)
         if self.strategy.zero_stage is not None and self.model.dtype != "float32":
             require(
                 self.trainer.precision != "fp32",

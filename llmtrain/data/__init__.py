@@ -26,7 +26,7 @@ from llmtrain.data.pretrain.prepare import describe_shards, ensure_shards, prepa
 from llmtrain.data.pretrain.windows import PretrainWindows, UnshiftedWindows
 from llmtrain.data.sft.chat_templates import ChatTemplate
 from llmtrain.data.sft.chat_templates import save_chat_settings as _save_chat_settings
-from llmtrain.data.sft.dataset import SFTExamples, UnshiftedExamples, sft_rows
+from llmtrain.data.sft.dataset import Reply, SFTExamples, UnshiftedExamples, last_replies, sft_rows
 from llmtrain.data.sft.prepare import describe_examples, ensure_sft_cache, sft_template
 from llmtrain.data.shards import TokenShards
 
@@ -35,6 +35,8 @@ __all__ = [
     "check_manifest",
     "describe",
     "ensure_prepared",
+    "Reply",
+    "held_out_replies",
     "hf_trainer_samples",
     "merge_parts",
     "prepare_part",
@@ -93,6 +95,15 @@ def hf_trainer_samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Datas
         raise DataError("data.sources: the transformers.Trainer comparison reads one corpus (data.path)")
     windows = PretrainWindows(TokenShards(folder, split), cfg.seq_len, document_masking=False)
     return UnshiftedWindows(windows), False
+
+
+def held_out_replies(
+    cfg: DataConfig, folder: Path, limit: int | None = None, split: str = "val"
+) -> list[Reply]:
+    """SFT examples of `split` as (prompt, last reply) pairs, the first `limit` of them."""
+    if cfg.kind != "sft":
+        raise ValueError(f"held-out replies are SFT examples; data.kind is {cfg.kind}")
+    return last_replies(folder, split, limit)
 
 
 def chat_template(cfg: DataConfig, tokenizer: Any) -> ChatTemplate | None:

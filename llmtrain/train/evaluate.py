@@ -1,22 +1,29 @@
-"""Evaluation: the validation loss (token-weighted over every rank's share of the validation set)
-and, when prompts are configured, greedy samples; both logged at the step they were taken."""
+"""Evaluation: the validation loss (token-weighted over every rank's share of the validation set),
+any extra metric functions (generated answers, choice scoring, classification), and, when prompts
+are configured, greedy samples; all logged at the step they were taken."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
-from llmtrain.dist import all_reduce_max, all_reduce_sum
+from llmtrain.config import TrainConfig
+from llmtrain.dist import all_reduce_max, all_reduce_sum, broadcast_object
 from llmtrain.model.loss import IGNORE_INDEX
 from llmtrain.strategy.base import Strategy
 from llmtrain.tracking.tracker import Tracker
 from llmtrain.train.samples import PromptSampler
+from llmtrain.train.setup import RunData
 from llmtrain.train.state import TrainState
 
 log = logging.getLogger("llmtrain")
+
+# An extra validation metric: every rank calls it (sharded engines need all of them in each
+# forward); rank 0's numbers are logged. Returns {} when it has nothing to report.
+MetricFn = Callable[[Strategy, TrainState], dict[str, float]]
 
 
 def evaluate(strategy: Strategy, val_loader) -> float | None:
@@ -42,10 +49,6 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
-# An extra validation metric: called on every rank at each evaluation, rank 0's numbers logged.
-MetricFn = Callable[[Strategy, TrainState], dict[str, float]]
-
-
 def source_val_losses(loaders: dict) -> MetricFn:
     """`val_loss/<source>` for each source's own validation loader (a data mixture)."""
 
@@ -61,8 +64,8 @@ def source_val_losses(loaders: dict) -> MetricFn:
 
 
 class Evaluator:
-    """One evaluation: samples (if any), then the validation loss and any `extra_metrics`, logged
-    together; the best loss is kept in the train state, so it survives a resume."""
+    """One evaluation: samples (if any), then the validation loss and the extra metrics, logged as
+    one line; the best loss is kept in the train state, so it survives a resume."""
 
     def __init__(
         self,
@@ -70,25 +73,52 @@ class Evaluator:
         val_loader,
         tracker: Tracker,
         sampler: PromptSampler | None,
-        extra_metrics: list[MetricFn] | None = None,
+        metric_fns: Sequence[MetricFn] = (),
     ) -> None:
         self.strategy, self.val_loader, self.tracker, self.sampler = strategy, val_loader, tracker, sampler
-        self.extra_metrics = extra_metrics or []
+        self.metric_fns = list(metric_fns)
 
     def __call__(self, state: TrainState) -> dict[str, float]:
-        """Every validation metric of this evaluation; {} when there is no validation data."""
+        """Every validation metric of this evaluation (`val_loss`, `val_ppl`, then the extra
+        functions' keys); {} when there is no validation data."""
         if self.sampler is not None:
             rows = self.sampler(self.strategy)
             for row in rows:
                 log.info("step %d | sample | %r -> %r", state.step, row["prompt"], row["completion"])
             self.tracker.log_samples(state.step, rows)
+        metrics: dict[str, float] = {}
         val_loss = evaluate(self.strategy, self.val_loader)
-        if val_loss is None:
-            return {}
-        if state.best_val_loss is None or val_loss < state.best_val_loss:
-            state.best_val_loss = val_loss
-        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        for fn in self.extra_metrics:
+        if val_loss is not None:
+            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+            if state.best_val_loss is None or val_loss < state.best_val_loss:
+                state.best_val_loss = val_loss
+        for fn in self.metric_fns:
             metrics.update(fn(self.strategy, state))
-        self.tracker.log({"step": state.step, **metrics}, ("val_loss", "val_ppl"))
+        # Rank 0's numbers on every rank: decisions made from them (early stopping, saving the
+        # best checkpoint, both collective) must agree even where ranks' float sums differ.
+        metrics = broadcast_object(metrics)
+        if metrics:
+            # The console line leaves out per-source and per-class keys (`name/part`); the file has them.
+            console = tuple(k for k in metrics if "/" not in k)
+            self.tracker.log({"step": state.step, **metrics}, console)
         return metrics
+
+
+def build_evaluator(
+    cfg: TrainConfig, data: RunData, strategy: Strategy, val_loader, tracker: Tracker
+) -> Evaluator:
+    """The run's evaluation: samples for `trainer.sample_prompts`, and the metric functions its
+    config asks for (per-source losses of a mixture, generated answers, choice scoring)."""
+    from llmtrain.train.reply_metrics import ChoiceScores, GeneratedAnswers
+    from llmtrain.train.setup import source_val_loaders
+
+    sampler = PromptSampler(cfg, data.tokenizer) if cfg.trainer.sample_prompts else None
+    fns: list[MetricFn] = []
+    per_source = source_val_loaders(cfg, data.shards_dir, strategy)
+    if per_source:
+        fns.append(source_val_losses(per_source))
+    if cfg.trainer.eval_generate:
+        fns.append(GeneratedAnswers(cfg, data.tokenizer, data.shards_dir, tracker))
+    if cfg.data.choices:
+        fns.append(ChoiceScores(cfg, data.tokenizer, data.shards_dir, tracker))
+    return Evaluator(strategy, val_loader, tracker, sampler, fns)

@@ -37,17 +37,10 @@ from llmtrain.strategy import Strategy
 from llmtrain.strategy.base import StepResult
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
-from llmtrain.train.evaluate import Evaluator, source_val_losses
+from llmtrain.train.early_stop import BestTracker, Verdict
+from llmtrain.train.evaluate import build_evaluator
 from llmtrain.train.rundir import RunDir
-from llmtrain.train.samples import PromptSampler
-from llmtrain.train.setup import (
-    RunData,
-    build_loaders,
-    build_model_and_strategy,
-    prepare_data,
-    source_val_loaders,
-    to_device,
-)
+from llmtrain.train.setup import RunData, build_loaders, build_model_and_strategy, prepare_data, to_device
 from llmtrain.train.state import SkipCounter, TrainState
 from llmtrain.train.step import train_step
 
@@ -67,7 +60,7 @@ class TrainResult:
 
     | code | when |
     | --- | --- |
-    | 0 (`EXIT_OK`) | `trainer.max_steps` reached; or a SLURM USR1 stop whose job was requeued |
+    | 0 (`EXIT_OK`) | `trainer.max_steps` reached; early stopping (`trainer.early_stopping`); or a SLURM USR1 stop whose job was requeued |
     | 3 (`EXIT_DIVERGED`) | `trainer.max_nonfinite_steps` consecutive non-finite steps: no checkpoint of the diverged state; `latest` is the newest finite checkpoint (saved with no streak running) |
     | 75 (`EXIT_STOPPED`) | stopped by a signal before `max_steps` and not requeued: checkpoint written, a rerun resumes |
     """
@@ -123,15 +116,13 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
 
     tracker = Tracker(cfg, run_dir.path, resume_step=state.step, wandb_run_id=state.wandb_run_id)
     state.wandb_run_id = tracker.wandb_run_id
-    sampler = PromptSampler(cfg, data.tokenizer) if trainer.sample_prompts else None
-    per_source = source_val_loaders(cfg, data.shards_dir, strategy)
-    extra = [source_val_losses(per_source)] if per_source else []
-    evaluator = Evaluator(strategy, val_loader, tracker, sampler, extra)
+    evaluator = build_evaluator(cfg, data, strategy, val_loader, tracker)
+    best = BestTracker(trainer, state)
     meter = _interval_meter(cfg, strategy, state)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
-    stop_reason = f"reached trainer.max_steps={trainer.max_steps}"
-    last_ckpt, val_loss = resume_from, None
+    stop_reason = best.already_stopped(state) or f"reached trainer.max_steps={trainer.max_steps}"
+    last_ckpt = resume_from
 
     def checkpoint() -> Path:
         state.interval = meter.snapshot()
@@ -139,11 +130,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         return save_checkpoint(run_dir.path, strategy, state.to_dict(), cfg, finite)
 
     data_iter = iter(train_loader)
-    if state.step == 0 and trainer.eval_every:
-        val_loss = evaluator(state).get("val_loss")  # the starting point
+    # The starting point; it can be the best (a fine-tune that only gets worse), so it is saved then.
+    if state.step == 0 and trainer.eval_every and best(evaluator(state), state).improved:
+        last_ckpt = checkpoint()
     strategy.train(True)
     try:
-        while state.step < trainer.max_steps:
+        while state.step < trainer.max_steps and not best.stopped:
             t_data = time.perf_counter()
             micro_batches = [
                 strategy.local_batch(to_device(next(data_iter), dist.device)) for _ in range(accum)
@@ -163,14 +155,17 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
             if log_step:
                 sources = _source_tokens(train_loader, state.step, cfg.data.seq_len)
                 _log_interval(tracker, state, meter, out.result, strategy, sources)
-            if trainer.eval_every and state.step % trainer.eval_every == 0:
-                val_loss = evaluator(state).get("val_loss")
+            evaluate_now = trainer.eval_every and state.step % trainer.eval_every == 0
+            verdict = best(evaluator(state), state) if evaluate_now else Verdict()
+            if verdict.stop_reason:
+                stop_reason = verdict.stop_reason
+                break
             stop_code = all_reduce_max_host(stop.code)  # host-side: no device sync
             if stop_code:
                 stop.agree(stop_code)  # a rank the signal missed learns which one it was
                 stop_reason = f"stopped by {stop.signal_name} at step {state.step}"
                 break
-            if save_step:
+            if save_step or verdict.improved:  # an improving evaluation's checkpoint is the best
                 last_ckpt = checkpoint()
     finally:
         stop.uninstall()
@@ -180,11 +175,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         stop_reason, last_ckpt = _diverged(state, trainer.max_nonfinite_steps, run_dir.path)
     else:
         if state.step == trainer.max_steps and (not trainer.eval_every or state.step % trainer.eval_every):
-            val_loss = evaluator(state).get("val_loss")
+            best(evaluator(state), state)  # the final checkpoint below is this step's
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
+    val_loss = best.last_metrics.get("val_loss")
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
-    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued)
+    exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued or best.stopped)
     return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)
 
 
@@ -301,6 +297,9 @@ def _finish(
             "tokens": state.tokens,
             "final_val_loss": val_loss,
             "best_val_loss": state.best_val_loss,
+            "best_metric": state.best_metric,
+            "best_value": state.best_value,
+            "best_step": state.best_step,
             "checkpoint": str(last_ckpt) if last_ckpt else None,
         }
     )

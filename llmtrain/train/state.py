@@ -19,6 +19,12 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     best_val_loss: float | None = None
+    # The tracked metric's best evaluation (`trainer.early_stopping`, `trainer.keep_best`): its name,
+    # value and step (that step's checkpoint is kept), and evaluations since without an improvement.
+    best_metric: str | None = None
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
     # Consecutive skipped (non-finite) steps up to `step`: a resumed run continues the count, so a
     # divergence cannot hide by being split over restarts.
     nonfinite_streak: int = 0
@@ -35,6 +41,10 @@ class TrainState:
             "step": self.step,
             "tokens": self.tokens,
             "best_val_loss": self.best_val_loss,
+            "best_metric": self.best_metric,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
             "nonfinite_streak": self.nonfinite_streak,
             "skipped_steps": self.skipped_steps,
             "wandb_run_id": self.wandb_run_id,
@@ -51,6 +61,10 @@ class TrainState:
             step=d["step"],
             tokens=d["tokens"],
             best_val_loss=d.get("best_val_loss"),
+            best_metric=d.get("best_metric"),
+            best_value=d.get("best_value"),
+            best_step=d.get("best_step"),
+            evals_since_best=d.get("evals_since_best", 0),
             nonfinite_streak=d.get("nonfinite_streak", 0),
             skipped_steps=d.get("skipped_steps", 0),
             wandb_run_id=d.get("wandb_run_id"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,37 @@ class UnshiftedExamples(Dataset):
         ids, mask = self.examples[i]
         labels = [int(t) if m else IGNORE_INDEX for t, m in zip(ids, mask)]
         return {"input_ids": ids.tolist(), "labels": labels}
+
+
+@dataclass
+class Reply:
+    """A validation example cut at its last reply: the prompt the model answers (the conversation
+    before that reply, as `ChatTemplate.encode_prompt` makes it) and the reply's ids (its end token
+    included), for generated-answer and choice scoring."""
+
+    index: int
+    prompt_ids: list[int]
+    reply_ids: list[int]
+
+
+def last_replies(folder: Path, split: str, limit: int | None = None) -> list[Reply]:
+    """The first `limit` examples of `split` (all when None) cut at their last trained span.
+
+    The loss mask marks the reply tokens (data.sft.train_on_prompt=false, checked by the config),
+    so the last run of ones is the last assistant reply and everything before it its prompt.
+    """
+    examples = SFTExamples(folder, split)
+    out = []
+    for i in range(len(examples) if limit is None else min(limit, len(examples))):
+        ids, mask = examples[i]
+        trained = np.flatnonzero(mask)
+        end = int(trained[-1]) + 1
+        gaps = np.flatnonzero(mask[:end] == 0)
+        start = int(gaps[-1]) + 1 if len(gaps) else 0
+        if start == 0:
+            raise DataError(
+                f"{folder}/{split} example {i}: every token is trained, so no prompt can be told from "
+                "its reply; generated-answer and choice scoring need data.sft.train_on_prompt=false"
+            )
+        out.append(Reply(i, ids[:start].tolist(), ids[start:end].tolist()))
+    return out
