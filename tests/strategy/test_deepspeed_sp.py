@@ -104,6 +104,15 @@ def test_zero3_data_times_sequence_parallel_on_four_ranks_reproduces_one_process
 
 
 @pytest.mark.slow
+def test_tiled_mlp_under_zero3_sequence_parallel_reproduces_one_process(reference, sft_args):
+    """DeepSpeed's TiledMLP defers ZeRO-3's gradient hooks to the last shard; the gradients must
+    still be the untiled ones."""
+    extra = {"model.tiled_mlp": 4, "trainer.max_steps": 2, "trainer.save_every": 100}
+    launch("deepspeed", 2, sft_args("zero3_sp2_tiled", **ZERO3_SP2, **extra), timeout=600)
+    _assert_same(_rows(reference), _rows(sft_args.tmp / "zero3_sp2_tiled"), range(1, 3))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fault", "first_failure"), [("all_to_all", "loss at step 1"), ("divisor", "grad norm at step 1")]
 )
