@@ -85,8 +85,8 @@ class ModelConfig:
     loss_chunk_tokens: int = 1024
     # Split every decoder layer's MLP over this many sequence shards (DeepSpeed's TiledMLP, from
     # Arctic Long Sequence Training): the [tokens, intermediate_size] activations exist one shard at
-    # a time, and backward recomputes each shard's forward. 0: off. Any strategy; pays off at long
-    # data.seq_len, where the MLP's intermediates dominate activation memory.
+    # a time, and backward recomputes each shard's forward. 0: off. Tested alone and under ZeRO-3 +
+    # parallel.sp; pays off at long data.seq_len, where the MLP's intermediates dominate activations.
     tiled_mlp: int = 0
     # torch.compile each decoder block (and the chunked loss's softmax passes) on first use.
     # Compiling takes seconds to minutes at start, and pays off over long runs.
