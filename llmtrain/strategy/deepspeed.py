@@ -9,7 +9,8 @@ scaler, gradient reduction, clipping and the sharded checkpoint format.
 The engine has opinions that differ from the loop's contract; each is mapped here and nowhere else:
 - it averages gradients over data-parallel ranks and divides the loss by gradient_accumulation_steps,
   while the loop hands us losses already normalised to their share of the global token mean and
-  wants the SUM of contributions: we scale by dp_size and pass `scale_wrt_gas=False`;
+  wants the SUM of contributions: we scale by what it divides by (`_grad_divisor`, the dp size
+  without sp) and pass `scale_wrt_gas=False`;
 - it counts micro-batches in `engine.step()`: we call it after every micro-batch (off-boundary calls
   only advance the counter) and check its idea of the accumulation boundary against the loop's.
 
@@ -220,8 +221,8 @@ class DeepSpeedStrategy(Strategy):
 
         Without sp: the data-parallel size. Under sp DeepSpeed reduces over the dp × sp ranks but
         divides by different sizes on different paths (0.19): ZeRO-1/2 by dp only (summing the
-        sequence-parallel contributions), ZeRO-3's reduce-scatter (`reduce_scatter_coalesced`, pinned on
-        under sp by `build_ds_config`) by dp × sp. Measured: with the dp size alone, every ZeRO-3
+        sequence-parallel contributions), ZeRO-3's reduce-scatter (`reduce_scatter_coalesced`,
+        pinned on under sp by `build_ds_config`) by dp × sp. Measured: with the dp size alone, every ZeRO-3
         gradient came out exactly half the one-process gradient at sp=2.
         """
         if self.stage == 3:
@@ -362,7 +363,8 @@ class DeepSpeedStrategy(Strategy):
         params = list(self.module.parameters())
         param_bytes = tensor_bytes(p.ds_tensor for p in params) if self.stage == 3 else tensor_bytes(params)
         trainable = sum(p.ds_numel if self.stage == 3 else p.numel() for p in params if p.requires_grad)
-        grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dp_size)
+        # ZeRO partitions over every data- and sequence-parallel rank (dp × sp).
+        grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dims.fsdp)
         states = [t for s in self.basic_optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         # The ZeRO optimizer owns the flat fp32 master partitions (stage 3 / stage 1-2 attribute);
         # it hands them to our optimizer's param_groups only while it steps.
