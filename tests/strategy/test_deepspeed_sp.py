@@ -12,6 +12,7 @@ Real `deepspeed` launches on CPU over gloo, sharing runs between assertions (mod
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from llmtrain.strategy.deepspeed import build_ds_config
 HERE = Path(__file__).resolve().parent
 EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
 FAULTY = HERE / "ds_sp_faulty_train.py"
+SP_PACKED = HERE / "sp_packed_probe.py"
 STEPS, FIRST = 10, 5
 # fp32 on CPU; only the order of float sums differs from one process.
 RTOL = 1e-4
@@ -105,6 +107,16 @@ def test_zero3_data_times_sequence_parallel_on_four_ranks_reproduces_one_process
     log = (sft_args.tmp / "zero3_dp2_sp2" / "train.log").read_text()
     assert "micro 2 × accumulation 2 × data-parallel 2" in log
     _assert_same(_rows(reference), _rows(sft_args.tmp / "zero3_dp2_sp2"), range(1, FIRST + 1))
+
+
+@pytest.mark.slow
+def test_packed_examples_under_zero3_sequence_parallel_have_the_losses_of_each_example_alone(tmp_path):
+    """One row packs examples of unequal length, one across the two ranks' slices: each example's
+    loss must be its loss alone (our document mask through DeepSpeed's Ulysses, sliced positions)."""
+    out = tmp_path / "losses.json"
+    launch("deepspeed", 2, [str(out), "strategy=zero3"], script=SP_PACKED, timeout=600)
+    losses = json.loads(out.read_text())
+    assert losses["packed"] == pytest.approx(losses["alone"], rel=1e-5)
 
 
 @pytest.mark.slow
