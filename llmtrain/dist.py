@@ -155,11 +155,14 @@ class ParallelDims:
 @dataclass(frozen=True)
 class Meshes:
     """What `data_parallel_mesh` builds: the mesh FSDP2 shards over, the tensor-parallel mesh and
-    the sequence-parallel group (None when that degree is 1)."""
+    the sequence-parallel group (None when that degree is 1), and the whole named mesh
+    (dp_replicate, dp_shard, sp, tp) whose per-dim groups DeepSpeed's `mpu` hands out (None for a
+    plain 1-D FSDP mesh)."""
 
     fsdp: Any
     tp: Any = None
     sp_group: Any = None
+    mesh: Any = None
 
 
 def data_parallel_mesh(device: torch.device, dims: ParallelDims | None = None) -> Meshes:
@@ -188,6 +191,7 @@ def data_parallel_mesh(device: torch.device, dims: ParallelDims | None = None) -
         fsdp_mesh,
         tp=mesh["tp"] if dims.tp > 1 else None,
         sp_group=mesh["sp"].get_group() if dims.sp > 1 else None,
+        mesh=mesh,
     )
 
 

@@ -84,6 +84,11 @@ class ModelConfig:
     # Tokens per chunk of the fused lm_head + cross-entropy (llmtrain/model/chunked_ce.py): the
     # [tokens, vocab] logits never exist whole. 0: full logits upcast to fp32, as transformers does.
     loss_chunk_tokens: int = 1024
+    # Split every decoder layer's MLP over this many sequence shards (DeepSpeed's TiledMLP, from
+    # Arctic Long Sequence Training): the [tokens, intermediate_size] activations exist one shard at
+    # a time, and backward recomputes each shard's forward. 0: off. Tested alone and under ZeRO-3 +
+    # parallel.sp; pays off at long data.seq_len, where the MLP's intermediates dominate activations.
+    tiled_mlp: int = 0
     # torch.compile each decoder block (and the chunked loss's softmax passes) on first use.
     # Compiling takes seconds to minutes at start, and pays off over long runs.
     compile: bool = False
@@ -103,6 +108,7 @@ class ModelConfig:
             "model.loss_chunk_tokens",
             f"must be >= 0, got {self.loss_chunk_tokens}",
         )
+        require(self.tiled_mlp >= 0, "model.tiled_mlp", f"must be >= 0 (0 = off), got {self.tiled_mlp}")
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             require(getattr(self, key) > 0, f"model.{key}", f"must be > 0, got {getattr(self, key)}")
         if self.pretrained is None and self.head_dim is None:
@@ -337,18 +343,26 @@ class TrainConfig:
         """Mesh degrees against the strategy and the model shape (the world size is checked when the
         job starts, `llmtrain.dist.ParallelDims`)."""
         par, model = self.parallel, self.model
-        if par.sp > 1 and self.strategy.is_deepspeed:
-            raise ConfigError(
-                f"parallel.sp={par.sp} with strategy={self.strategy.name} is not supported yet "
-                "(DeepSpeed's Ulysses); use strategy=fsdp"
+        if par.sp > 1:
+            # Ulysses runs on FSDP2 (our all-to-alls) and on DeepSpeed (its UlyssesSPAttentionHF).
+            require(
+                self.strategy.name == "fsdp" or self.strategy.is_deepspeed,
+                "parallel.sp",
+                f"parallel.sp={par.sp} needs strategy=fsdp or a DeepSpeed strategy (zero1|zero2|zero3); "
+                f"strategy={self.strategy.name} does not support it",
             )
-        for key in ("tp", "dp_replicate", "sp"):
+        for key in ("tp", "dp_replicate"):
             if getattr(par, key) > 1:
+                engine = (
+                    f"DeepSpeed (strategy={self.strategy.name}) has no DTensor mesh; "
+                    if self.strategy.is_deepspeed
+                    else f"strategy={self.strategy.name} does not support it; "
+                )
                 require(
                     self.strategy.name == "fsdp",
                     f"parallel.{key}",
-                    f"parallel.{key}={getattr(par, key)} needs strategy=fsdp (DTensor/FSDP2 mesh); "
-                    f"strategy={self.strategy.name} does not support it",
+                    f"parallel.{key}={getattr(par, key)} needs strategy=fsdp (DTensor/FSDP2 mesh): "
+                    f"{engine}use strategy=fsdp or parallel.{key}=1",
                 )
         if par.tp > 1:
             require(

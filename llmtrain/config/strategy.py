@@ -102,9 +102,10 @@ class ParallelConfig:
     # Tensor parallel (DTensor, strategy=fsdp): attention and MLP projections split over `tp` ranks
     # of a node (column-wise q/k/v/gate/up, row-wise o/down); embeddings, norms and lm_head replicated.
     tp: int = 1
-    # Sequence parallel (Ulysses, strategy=fsdp): each of `sp` ranks holds a contiguous slice of every
-    # sequence; around attention two all-to-alls swap the sequence slices for head slices. With `tp`
-    # too, Ulysses splits each tensor-parallel rank's heads (num_heads / tp) over `sp`.
+    # Sequence parallel (Ulysses; strategy=fsdp, or zero1|zero2|zero3 through DeepSpeed's
+    # UlyssesSPAttentionHF): each of `sp` ranks holds a contiguous slice of every sequence; around
+    # attention two all-to-alls swap the sequence slices for head slices. With `tp` (FSDP only)
+    # Ulysses splits each tensor-parallel rank's heads (num_heads / tp) over `sp`.
     sp: int = 1
     # HSDP (strategy=fsdp): parameters sharded within each of `dp_replicate` groups, replicated across.
     dp_replicate: int = 1

@@ -147,6 +147,10 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) ->
         from llmtrain.model.lora import apply_lora
 
         model = apply_lora(model, cfg.lora, cfg.pretrained)
+    if cfg.tiled_mlp:
+        from llmtrain.model.tiled_mlp import apply_tiled_mlp
+
+        apply_tiled_mlp(model, cfg.tiled_mlp)
     if cfg.compile:
         compile_blocks(model)
     log.info(

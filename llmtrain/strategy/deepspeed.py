@@ -9,9 +9,13 @@ scaler, gradient reduction, clipping and the sharded checkpoint format.
 The engine has opinions that differ from the loop's contract; each is mapped here and nowhere else:
 - it averages gradients over data-parallel ranks and divides the loss by gradient_accumulation_steps,
   while the loop hands us losses already normalised to their share of the global token mean and
-  wants the SUM of contributions: we scale by dp_size and pass `scale_wrt_gas=False`;
+  wants the SUM of contributions: we scale by what it divides by (`_grad_divisor`, the dp size
+  without sp) and pass `scale_wrt_gas=False`;
 - it counts micro-batches in `engine.step()`: we call it after every micro-batch (off-boundary calls
   only advance the counter) and check its idea of the accumulation boundary against the loop's.
+
+With `parallel.sp > 1` the engine gets an `mpu` from our mesh and attention runs through
+DeepSpeed's Ulysses (`llmtrain.strategy.deepspeed_ulysses`); the batch is sliced as on FSDP.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from deepspeed.utils import safe_get_full_fp32_param
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from llmtrain.config import ConfigError, TrainConfig
-from llmtrain.dist import DistInfo, ensure_process_group
+from llmtrain.dist import DistInfo, data_parallel_mesh, ensure_process_group
 from llmtrain.metrics.memory import tensor_bytes
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.optim import build_optimizer, param_groups
@@ -100,7 +104,17 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, device: torch.device) -> dic
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    return deep_merge(generated, strat.config)
+    if cfg.parallel.sp > 1 and stage == 3:
+        # The reduce-scatter path is the one whose gradient divisor we rely on (`_grad_divisor`).
+        zero["reduce_scatter"] = True
+    merged = deep_merge(generated, strat.config)
+    if cfg.parallel.sp > 1 and stage == 3 and not merged["zero_optimization"].get("reduce_scatter", True):
+        raise ConfigError(
+            "strategy.deepspeed.config.zero_optimization.reduce_scatter=false with parallel.sp > 1 under ZeRO-3: "
+            "DeepSpeed's all-reduce path then divides some gradient buckets by dp and others (larger than "
+            "reduce_bucket_size) by dp × sp, so the gradients would be wrong; leave reduce_scatter on"
+        )
+    return merged
 
 
 def _join_deepspeed(device: torch.device, timeout_s: int) -> None:
@@ -151,6 +165,7 @@ class DeepSpeedStrategy(Strategy):
     # layouts, so a checkpoint resumes on the world size that wrote it (llmtrain.checkpoint says how
     # to carry the weights elsewhere).
     reshards = False
+    sequence_parallel: Any = None  # DeepSpeedUlysses with parallel.sp > 1
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         super().__init__(cfg, dist)
@@ -173,6 +188,7 @@ class DeepSpeedStrategy(Strategy):
         clear_stale_deepspeed_build_locks(ops, self.dist.local_rank)
         _join_deepspeed(self.dist.device, self.cfg.dist.timeout_s)
         log.info("deepspeed config:\n%s", json.dumps(self.ds_config, indent=2))
+        mpu = self._apply_sequence_parallel(module) if self.dims.sp > 1 else None
         self.basic_optimizer = self._build_optimizer(module, offload)
         # A callable, so the LambdaLR is built on the optimizer DeepSpeed actually steps. Owned by the
         # engine, it is stepped only on applied updates and saved/loaded with the engine checkpoint.
@@ -182,12 +198,50 @@ class DeepSpeedStrategy(Strategy):
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
             config=self.ds_config,
             dist_init_required=False,
+            mpu=mpu,
         )
         if self.stage == 3 and module.loss_chunk_tokens:
             # The chunked loss multiplies by the lm_head weight directly instead of calling the
             # lm_head module, whose hooks are what gathers a ZeRO-3 partition: tell DeepSpeed to
             # gather it around the root module's forward instead.
             deepspeed.zero.register_external_parameter(self.engine.module, module.lm_head_weight())
+
+    def _apply_sequence_parallel(self, module: CausalLMLoss) -> Any:
+        """Route attention through DeepSpeed's Ulysses on our mesh's sp group; the engine's `mpu`."""
+        from llmtrain.strategy.deepspeed_ulysses import DeepSpeedUlysses, UlyssesGroups
+
+        meshes = data_parallel_mesh(self.dist.device, self.dims)
+        self.sequence_parallel = DeepSpeedUlysses(meshes.sp_group)
+        self.sequence_parallel.apply(module.model)
+        return UlyssesGroups(meshes)
+
+    @property
+    def _grad_divisor(self) -> int:
+        """What the engine divides the reduced gradients by; the loop wants their plain sum.
+
+        Without sp: the data-parallel size. Under sp DeepSpeed reduces over the dp × sp ranks but
+        divides by different sizes on different paths (0.19): ZeRO-1/2 by dp only (summing the
+        sequence-parallel contributions), ZeRO-3's reduce-scatter (`reduce_scatter_coalesced`,
+        pinned on under sp by `build_ds_config`) by dp × sp. Measured: with the dp size alone, every ZeRO-3
+        gradient came out exactly half the one-process gradient at sp=2.
+        """
+        if self.stage == 3:
+            return self.dims.dp * self.dims.sp
+        return self.dims.dp
+
+    def local_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.sequence_parallel is None:
+            return batch
+        return self.sequence_parallel.local_batch(batch)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        sp = self.sequence_parallel
+        if sp is None or batch["labels"] is None:  # generation: every rank holds the whole prompt
+            return super().forward(batch)
+        if batch.get("document_ids") is not None:  # the document mask spans the whole sequence
+            batch = {**batch, "document_ids": sp.full_document_ids(batch["document_ids"])}
+        with sp.active():
+            return super().forward(batch)
 
     def _build_optimizer(self, module: CausalLMLoss, offload: bool) -> torch.optim.Optimizer:
         """Our AdamW; DeepSpeed's CPU Adam when optimizer states live on the host.
@@ -224,9 +278,9 @@ class DeepSpeedStrategy(Strategy):
                 f"gradient_accumulation_steps={self.engine.gradient_accumulation_steps()} must equal the "
                 "number of micro-batches per step (do not override it in strategy.deepspeed.config)"
             )
-        # The engine averages gradients over data-parallel ranks (the loop wants their sum) and by
-        # default divides by gradient_accumulation_steps (the loop already normalised the loss).
-        self.engine.backward(loss * self.dp_size, scale_wrt_gas=False)
+        # The engine averages gradients over ranks (the loop wants their sum, `_grad_divisor`) and
+        # by default divides by gradient_accumulation_steps (the loop already normalised the loss).
+        self.engine.backward(loss * self._grad_divisor, scale_wrt_gas=False)
         if not is_last_micro:
             # Off the boundary engine.step() only advances DeepSpeed's micro-step counter.
             self.engine.step()
@@ -309,7 +363,8 @@ class DeepSpeedStrategy(Strategy):
         params = list(self.module.parameters())
         param_bytes = tensor_bytes(p.ds_tensor for p in params) if self.stage == 3 else tensor_bytes(params)
         trainable = sum(p.ds_numel if self.stage == 3 else p.numel() for p in params if p.requires_grad)
-        grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dp_size)
+        # ZeRO partitions over every data- and sequence-parallel rank (dp × sp).
+        grad_numel = trainable if self.stage == 1 else math.ceil(trainable / self.dims.fsdp)
         states = [t for s in self.basic_optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         # The ZeRO optimizer owns the flat fp32 master partitions (stage 3 / stage 1-2 attribute);
         # it hands them to our optimizer's param_groups only while it steps.

@@ -1,7 +1,8 @@
 """Per-example losses of one packed row through `strategy=fsdp parallel.sp=2`, and of each example
 alone through an unsharded copy of the same model; rank 0 writes both as JSON.
 
-`torchrun --nproc_per_node 2 sp_packed_probe.py OUT.json`. The row packs examples of unequal
+`torchrun --nproc_per_node 2 sp_packed_probe.py OUT.json [overrides...]` (e.g. `strategy=zero3`
+under `deepspeed --num_gpus 2`). The row packs examples of unequal
 length, one of them across the boundary between the two ranks' slices, and padding at the end:
 each example's loss (labels kept on that example only) must equal the loss of the example alone,
 which holds only if the full-sequence document mask and the sliced position ids are right.
@@ -16,6 +17,7 @@ import sys
 import torch
 
 from llmtrain.config import load_config
+from llmtrain.config.load import strip_launcher_args
 from llmtrain.dist import all_reduce_sum, init_distributed
 from llmtrain.model.build import build_model
 from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
@@ -64,9 +66,9 @@ def packed_row(keep: int) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v)[None] for k, v in fields.items()}
 
 
-def main(out: str) -> None:
+def main(out: str, overrides: list[str]) -> None:
     dist = init_distributed("cpu", timeout_s=120)
-    cfg = load_config(MODEL)
+    cfg = load_config([*MODEL, *overrides])
     torch.manual_seed(cfg.trainer.seed)
     module = CausalLMLoss(build_model(cfg.model, VOCAB, dist.device), document_masking=True)
     alone_model = copy.deepcopy(module).eval()  # plain SDPA, unsharded: the reference
@@ -85,4 +87,5 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    args = strip_launcher_args(sys.argv[1:])
+    main(args[0], args[1:])

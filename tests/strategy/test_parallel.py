@@ -200,7 +200,6 @@ def test_a_world_size_the_degrees_do_not_divide_fails_naming_the_keys():
         (["strategy=zero3", "parallel.tp=2"], "parallel.tp=2 needs strategy=fsdp"),
         (["strategy=fsdp", "parallel.tp=3"], "parallel.tp=3 does not divide model.num_heads=4"),
         (["parallel.sp=2"], "parallel.sp=2 needs strategy=fsdp"),
-        (["strategy=zero3", "parallel.sp=2"], "parallel.sp=2 with strategy=zero3 is not supported yet"),
         (["strategy=fsdp", "parallel.sp=8"], "parallel.sp=8 does not divide model.num_heads=4"),
         (["strategy=fsdp", "parallel.sp=4"], "parallel.sp=4 does not divide model.num_kv_heads=2"),
         (
