@@ -42,9 +42,9 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         if path.is_dir():
             tok = _load_hf_folder(path)
         else:
-            from llmtrain.data.tokenizer.sentencepiece_model import tokenizer_from_sentencepiece
+            from llmtrain.data.tokenizer.sentencepiece_model import cached_tokenizer_from_sentencepiece
 
-            tok = tokenizer_from_sentencepiece(path)
+            tok = cached_tokenizer_from_sentencepiece(path)
         tok.name_or_path = str(path)
     if tok.eos_token_id is None:
         raise DataError(

@@ -104,3 +104,36 @@ def test_fingerprint_differs_between_vocabularies(llama):
     assert (
         tokenizer_identity(llama)["fingerprint"] != tokenizer_identity(load_tokenizer("byte"))["fingerprint"]
     )
+
+
+def test_cached_sentencepiece_conversion_reloads_the_same_tokenizer_and_survives_a_broken_entry(
+    shared_data, tmp_path
+):
+    from llmtrain.data.tokenizer.sentencepiece_model import (
+        cached_tokenizer_from_sentencepiece,
+        tokenizer_from_sentencepiece,
+    )
+
+    model = shared_data / "llama2_tokenizer.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    fresh = tokenizer_from_sentencepiece(model)
+    converted = cached_tokenizer_from_sentencepiece(model, tmp_path)  # converts, writes the entry
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    reloaded = cached_tokenizer_from_sentencepiece(model, tmp_path)  # reads it
+    texts = TRICKY + (shared_data / "tinyshakespeare.txt").read_text().split("\n\n")[:300]
+    expected = sp.encode(texts)
+    for tok in (converted, reloaded):
+        assert tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] == expected
+        assert tokenizer_identity(tok)["fingerprint"] == tokenizer_identity(fresh)["fingerprint"]
+        assert (tok.bos_token, tok.eos_token, tok.unk_token) == (
+            fresh.bos_token,
+            fresh.eos_token,
+            fresh.unk_token,
+        )
+    # A truncated entry (a crash elsewhere, a full disk) is converted again, not trusted.
+    (entry / "tokenizer.json").write_text("{")
+    again = cached_tokenizer_from_sentencepiece(model, tmp_path)
+    assert again(texts[:20], add_special_tokens=False, split_special_tokens=True)["input_ids"] == sp.encode(
+        texts[:20]
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
