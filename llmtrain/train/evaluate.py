@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,14 +42,26 @@ def evaluate(strategy: Strategy, val_loader) -> float | None:
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
+# An extra validation metric: called on every rank at each evaluation (it may run collectives);
+# rank 0's numbers are logged with the validation loss.
+MetricFn = Callable[[Strategy, TrainState], dict[str, float]]
+
+
 class Evaluator:
-    """One evaluation: samples (if any), then the validation loss; the best loss is kept in the
-    train state, so it survives a resume."""
+    """One evaluation: samples (if any), then the validation loss and any extra metrics
+    (`extra_metrics`, e.g. classification accuracy / F1); the best loss is kept in the train
+    state, so it survives a resume."""
 
     def __init__(
-        self, strategy: Strategy, val_loader, tracker: Tracker, sampler: PromptSampler | None
+        self,
+        strategy: Strategy,
+        val_loader,
+        tracker: Tracker,
+        sampler: PromptSampler | None,
+        extra_metrics: Sequence[MetricFn] = (),
     ) -> None:
         self.strategy, self.val_loader, self.tracker, self.sampler = strategy, val_loader, tracker, sampler
+        self.extra_metrics = list(extra_metrics)
 
     def __call__(self, state: TrainState) -> float | None:
         if self.sampler is not None:
@@ -61,5 +74,9 @@ class Evaluator:
             return None
         if state.best_val_loss is None or val_loss < state.best_val_loss:
             state.best_val_loss = val_loss
-        self.tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
+        metrics = {"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        for fn in self.extra_metrics:
+            metrics.update(fn(self.strategy, state))
+        console = tuple(k for k in ("val_loss", "val_ppl", "val_accuracy", "val_macro_f1") if k in metrics)
+        self.tracker.log(metrics, console)
         return val_loss

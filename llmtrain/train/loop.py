@@ -36,6 +36,7 @@ from llmtrain.strategy import Strategy
 from llmtrain.strategy.base import StepResult
 from llmtrain.tracking.console import setup_logging
 from llmtrain.tracking.tracker import Tracker
+from llmtrain.train.classify_eval import classification_metrics_for
 from llmtrain.train.evaluate import Evaluator
 from llmtrain.train.rundir import RunDir
 from llmtrain.train.samples import PromptSampler
@@ -102,7 +103,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     _log_data(data)
 
     schedule = LRSchedule(cfg.sched, trainer.max_steps)
-    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer), schedule)
+    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer), schedule, data)
     state = TrainState()
     if resume_from is not None:
         state = TrainState.from_dict(load_checkpoint(resume_from, strategy))
@@ -116,7 +117,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     tracker = Tracker(cfg, run_dir.path, resume_step=state.step, wandb_run_id=state.wandb_run_id)
     state.wandb_run_id = tracker.wandb_run_id
     sampler = PromptSampler(cfg, data.tokenizer) if trainer.sample_prompts else None
-    evaluator = Evaluator(strategy, val_loader, tracker, sampler)
+    classify = classification_metrics_for(cfg, data.label_names, data.shards_dir, strategy, tracker)
+    evaluator = Evaluator(strategy, val_loader, tracker, sampler, [classify] if classify else [])
     meter = _interval_meter(cfg, strategy, state)
     skips = SkipCounter(state.nonfinite_streak, state.step, dist.device)
     stop.install()
@@ -172,6 +174,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
             val_loss = evaluator(state)
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
+    if classify is not None and classify.last_table is not None:
+        log.info("validation classification metrics at step %d:\n%s", state.step, classify.last_table)
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
     exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued)
     return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)
