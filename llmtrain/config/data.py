@@ -115,6 +115,9 @@ class DataConfig:
     # training seed must not move examples between splits).
     split_seed: int = 0
     class_weights: Any = "none"
+    # A row with an empty text: stop with an error naming it, or skip it (counted and named in the
+    # manifest and the log).
+    on_empty_text: str = "error"
     # Examples of the generated classification set (kind=classify, format=synthetic).
     synthetic_examples: int = 1200
 
@@ -172,6 +175,7 @@ class DataConfig:
             f"must be in [0, 1) with data.val_fraction + data.test_fraction < 1, got {self.test_fraction}",
         )
         require(not self.sft.packing, "data.sft.packing", "does not apply to data.kind=classify")
+        one_of(self.on_empty_text, "data.on_empty_text", ("error", "skip"))
         weights = self.class_weights
         if isinstance(weights, str):
             one_of(weights, "data.class_weights", CLASS_WEIGHTS)

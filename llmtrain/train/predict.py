@@ -105,7 +105,11 @@ def _rows(source: Path, data: Path | None, split: str, settings: dict | None) ->
                 f"{source} has no llmtrain_classify.json (text/label fields); export it from a classify run"
             )
         fields = Fields(settings["text_field"], settings["label_field"], settings["text_pair_field"])
-        return read_rows(Path(data), fields)
+        skipped: list[str] = []
+        rows = read_rows(Path(data), fields, skipped)
+        for reason in skipped:
+            log.warning("not evaluated: %s", reason)
+        return rows
     config = _run_config(source)
     if config is None:
         raise DataError(f"{source} is an exported folder: give the file to evaluate with --data FILE")

@@ -75,6 +75,7 @@ def classify_settings(cfg: DataConfig) -> dict[str, Any]:
         "val_fraction": cfg.val_fraction,
         "test_fraction": cfg.test_fraction,
         "split_seed": cfg.split_seed,
+        "on_empty_text": cfg.on_empty_text,
         "synthetic": [cfg.synthetic_examples, GENERATOR_VERSION] if cfg.format == "synthetic" else None,
     }
 
@@ -93,8 +94,11 @@ def ensure_classify_cache(cfg: DataConfig) -> Path:
     return prepare_classify(cfg, tokenizer, out)
 
 
-def split_rows(cfg: DataConfig) -> dict[str, list[LabelledRow]]:
-    """train / val / test rows: from their own files, or a seeded stratified split of `data.path`."""
+def split_rows(cfg: DataConfig, skipped: list[str] | None = None) -> dict[str, list[LabelledRow]]:
+    """train / val / test rows: from their own files, or a seeded stratified split of `data.path`.
+    Rows with an empty text are named in `skipped` under `data.on_empty_text=skip`."""
+    if cfg.on_empty_text == "error":
+        skipped = None
     if cfg.format == "synthetic":
         rows = [
             LabelledRow(text, None, label, f"synthetic row {i}")
@@ -102,9 +106,9 @@ def split_rows(cfg: DataConfig) -> dict[str, list[LabelledRow]]:
         ]
     else:
         assert cfg.path is not None
-        rows = read_rows(Path(cfg.path), _fields(cfg))
+        rows = read_rows(Path(cfg.path), _fields(cfg), skipped)
     fixed = {
-        split: read_rows(Path(path), _fields(cfg))
+        split: read_rows(Path(path), _fields(cfg), skipped)
         for split, path in (("val", cfg.val_path), ("test", cfg.test_path))
         if path is not None
     }
@@ -199,7 +203,8 @@ def encode(tokenizer: Any, text: str, pair: str | None, seq_len: int) -> tuple[l
 
 def prepare_classify(cfg: DataConfig, tokenizer: Any, out_dir: Path) -> Path:
     """Read, split, check, tokenize and write `out_dir` (atomically); returns it."""
-    splits = split_rows(cfg)
+    skipped: list[str] = []
+    splits = split_rows(cfg, skipped)
     names = check_label_sets(splits, cfg.label_field)
     label_id = {name: i for i, name in enumerate(names)}
     identity = tokenizer_identity(tokenizer)
@@ -213,7 +218,8 @@ def prepare_classify(cfg: DataConfig, tokenizer: Any, out_dir: Path) -> Path:
             stats[split]["class_counts"] = {n: c for n, c in Counter(r.label for r in rows).items()}
         cut = sum(s["truncated"] for s in stats.values())
         summary = ", ".join(f"{s} {stats[s]['num_docs']}" for s in CLASSIFY_SPLITS) + (
-            f" examples, {len(names)} classes, {cut} texts cut to seq_len={cfg.seq_len}"
+            f" examples, {len(names)} classes, {cut} texts cut to seq_len={cfg.seq_len}, "
+            f"{len(skipped)} empty texts skipped"
         )
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -225,8 +231,11 @@ def prepare_classify(cfg: DataConfig, tokenizer: Any, out_dir: Path) -> Path:
             "summary": summary,
             "settings": classify_settings(cfg),
             "sources": {k: str(p) for k, p in source_files(cfg).items()},
+            "skipped_empty_text": skipped,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        for reason in skipped[:5]:
+            log.warning("classify data: skipped %s", reason)
         if cut:
             log.warning("classify data: %d texts longer than data.seq_len=%d were cut", cut, cfg.seq_len)
         log.info("classify data: %s", summary)

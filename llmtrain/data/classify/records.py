@@ -34,8 +34,16 @@ class Fields:
     text_pair: str | None = None
 
 
-def read_rows(path: Path, fields: Fields) -> list[LabelledRow]:
-    """Every row of one file, checked: the fields exist, texts are non-empty, labels are set."""
+class EmptyText(DataError):
+    """A row whose text is empty (skipped, and reported, under `data.on_empty_text=skip`)."""
+
+
+def read_rows(path: Path, fields: Fields, skipped: list[str] | None = None) -> list[LabelledRow]:
+    """Every row of one file, checked: the fields exist, texts are non-empty, labels are set.
+
+    With a `skipped` list, rows with an empty text are left out and named in it instead of
+    stopping the read (`data.on_empty_text=skip`); every other problem is still an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist (relative to the working directory {Path.cwd()})")
@@ -48,7 +56,14 @@ def read_rows(path: Path, fields: Fields) -> list[LabelledRow]:
         raw = _read_parquet(path)
     else:
         raw = _read_json(path)
-    rows = [_labelled(row, where, fields, path) for row, where in raw]
+    rows = []
+    for row, where in raw:
+        try:
+            rows.append(_labelled(row, where, fields, path))
+        except EmptyText as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
     if not rows:
         raise DataError(f"{path} holds no rows")
     return rows
@@ -80,7 +95,10 @@ def _text(row: dict, name: str, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{where}: field {name!r} ({key}) is {type(value).__name__}, expected text")
     if not value.strip():
-        raise DataError(f"{where}: field {name!r} ({key}) is empty; remove the row or fill in its text")
+        raise EmptyText(
+            f"{where}: field {name!r} ({key}) is empty; remove the row, fill in its text, or set "
+            "data.on_empty_text=skip"
+        )
     return value
 
 
