@@ -119,7 +119,7 @@ class DataConfig:
     # manifest and the log).
     on_empty_text: str = "error"
     # Examples of the generated classification set (kind=classify, format=synthetic).
-    synthetic_examples: int = 1200
+    synthetic_labelled_rows: int = 1200
 
     def __post_init__(self) -> None:
         one_of(self.kind, "data.kind", DATA_KINDS)

@@ -76,7 +76,7 @@ def classify_settings(cfg: DataConfig) -> dict[str, Any]:
         "test_fraction": cfg.test_fraction,
         "split_seed": cfg.split_seed,
         "on_empty_text": cfg.on_empty_text,
-        "synthetic": [cfg.synthetic_examples, GENERATOR_VERSION] if cfg.format == "synthetic" else None,
+        "synthetic": [cfg.synthetic_labelled_rows, GENERATOR_VERSION] if cfg.format == "synthetic" else None,
     }
 
 
@@ -102,7 +102,7 @@ def split_rows(cfg: DataConfig, skipped: list[str] | None = None) -> dict[str, l
     if cfg.format == "synthetic":
         rows = [
             LabelledRow(text, None, label, f"synthetic row {i}")
-            for i, (text, label) in enumerate(generate_examples(cfg.synthetic_examples))
+            for i, (text, label) in enumerate(generate_examples(cfg.synthetic_labelled_rows))
         ]
     else:
         assert cfg.path is not None
