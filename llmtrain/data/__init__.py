@@ -85,7 +85,7 @@ def hf_trainer_samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Datas
     different lengths need a padding collator. Classification: token ids and a class id per row.
     """
     if cfg.kind == "classify":
-        return HFClassifyExamples(ClassifyExamples(folder, "train" if split == "train" else split)), True
+        return HFClassifyExamples(ClassifyExamples(folder, split)), True
     if cfg.kind == "sft":
         return UnshiftedExamples(SFTExamples(folder, split)), True
     windows = PretrainWindows(TokenShards(folder, split), cfg.seq_len, document_masking=False)
