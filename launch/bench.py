@@ -6,6 +6,8 @@ python launch/bench.py --prep data=c4_demo                   # data preparation 
 python launch/bench.py --longest --mem-cap-gib 0.125 --vs-hf model.max_position_embeddings=32768
     # longest data.seq_len within a per-rank cap: DP-only and parallel.sp=2 (2 ranks each), Trainer
 python launch/bench.py --prep --repeat 5 data=c4_demo        # + the tokenizer's ceiling, median of 5 rounds
+python launch/bench.py --classify +exp=classify data=chnsenticorp_htl trainer.max_steps=300
+                      # classifier vs transformers.Trainer (test macro-F1, tokens/s) and TF-IDF + logreg
 """
 
 import argparse
@@ -22,6 +24,9 @@ if __name__ == "__main__":
     parser.add_argument("--vs-hf", action="store_true", help="also run transformers.Trainer on the same work")
     parser.add_argument("--prep", action="store_true", help="benchmark data preparation instead of training")
     parser.add_argument("--repeat", type=int, default=1, help="--prep: interleaved rounds, median reported")
+    parser.add_argument(
+        "--classify", action="store_true", help="train a classifier fully vs transformers.Trainer and TF-IDF"
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     longest = parser.add_argument_group("longest sequence within a memory cap (--longest)")
     longest.add_argument("--longest", action="store_true", help="search the longest data.seq_len per variant")
@@ -56,6 +61,10 @@ if __name__ == "__main__":
         from llmtrain.bench.memory_probe import probe_memory
 
         probe_memory(cfg, args.vs_hf, args.mem_probe)
+    elif args.classify:
+        from llmtrain.bench.classify import run_classify_comparison
+
+        run_classify_comparison(cfg, json_path=args.json)
     elif args.prep:
         from llmtrain.bench.prep import bench_prepare
 

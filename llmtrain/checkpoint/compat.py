@@ -39,6 +39,17 @@ FIXED_ON_RESUME: dict[str, tuple[str, ...]] = {
         "data.synthetic_docs",
         "data.sft",
     ),
+    "the classifier's labels, its loss and its train/validation/test split": (
+        "data.label_field",
+        "data.text_pair_field",
+        "data.val_path",
+        "data.test_path",
+        "data.test_fraction",
+        "data.split_seed",
+        "data.class_weights",
+        "data.on_empty_text",
+        "data.synthetic_labelled_rows",
+    ),
     "the sample order": ("trainer.global_batch_size", "trainer.seed"),
     # The optimizer's hyperparameters and the schedule's base LR are restored from the checkpoint;
     # applying new values would need each engine's state rewritten, so they are refused instead.

@@ -12,6 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from llmtrain.checkpoint import layout, manifest
 from llmtrain.checkpoint.errors import CheckpointError
 from llmtrain.config import from_yaml
+from llmtrain.model.classifier import from_config as classifier_from_config
+from llmtrain.model.classifier import is_classifier_config
 from llmtrain.model.lora import is_lora_state, load_lora_model, merged_state_dict
 from llmtrain.strategy import strategy_class
 
@@ -25,8 +27,10 @@ def export_hf(
 
     Runs in one process, needs no GPU and no process group: each strategy knows how to read its
     own shards (`Strategy.consolidate`). A LoRA run is exported with its adapters merged into the
-    base weights (a plain HF model), or with `adapter_only` as a peft adapter folder. With `best`:
-    the best evaluation's checkpoint (`trainer.early_stopping` / `trainer.keep_best`) of the run.
+    base weights (a plain HF model), or with `adapter_only` as a peft adapter folder. A
+    classification run is exported as its `*ForSequenceClassification` (config.json carries
+    `id2label`/`label2id` and the pad id the head pools by). With `best`: the best evaluation's
+    checkpoint (`trainer.early_stopping` / `trainer.keep_best`) of the run.
     """
     ckpt = _best(Path(checkpoint_or_run_dir)) if best else _verified(Path(checkpoint_or_run_dir))
     meta = layout.read_meta(ckpt)
@@ -53,7 +57,11 @@ def export_hf(
     if config.tie_word_embeddings:
         _fill_tied_embedding(weights)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = (
+            classifier_from_config(config)
+            if is_classifier_config(config)
+            else AutoModelForCausalLM.from_config(config)
+        )
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(

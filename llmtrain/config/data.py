@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmtrain.config.checks import one_of, require
 
-DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "synthetic")
-DATA_KINDS = ("pretrain", "sft")
+DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "synthetic", "csv", "json")
+DATA_KINDS = ("pretrain", "sft", "classify")
+CLASS_WEIGHTS = ("none", "auto")
 # SFT: how a row is read into a conversation (`auto` looks at the first row's fields).
 SFT_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "synthetic")
 CHAT_TEMPLATES = ("auto", "tokenizer", "chatml", "llama3", "alpaca")
@@ -137,6 +139,25 @@ class DataConfig:
     # kind=sft: row format, chat template, loss masking, packing.
     sft: SFTConfig = field(default_factory=SFTConfig)
 
+    # kind=classify: the label column (strings or ints), an optional second text (a sentence
+    # pair), held-out files, and class weights of the loss (auto: n / (classes × count), sklearn's
+    # "balanced"; or one weight per class in label order).
+    label_field: str = "label"
+    text_pair_field: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    # Without test_path: share of the examples held out for the test split (stratified, seeded).
+    test_fraction: float = 0.0
+    # Seed of the stratified train/val/test split (kept apart from trainer.seed: changing the
+    # training seed must not move examples between splits).
+    split_seed: int = 0
+    class_weights: Any = "none"
+    # A row with an empty text: stop with an error naming it, or skip it (counted and named in the
+    # manifest and the log).
+    on_empty_text: str = "error"
+    # Examples of the generated classification set (kind=classify, format=synthetic).
+    synthetic_labelled_rows: int = 1200
+
     def __post_init__(self) -> None:
         one_of(self.kind, "data.kind", DATA_KINDS)
         require(
@@ -146,6 +167,11 @@ class DataConfig:
             f"data.sft.format={self.format}",
         )
         one_of(self.format, "data.format", DATA_FORMATS)
+        require(
+            self.kind == "classify" or self.format not in ("csv", "json"),
+            "data.format",
+            f"{self.format} is read for data.kind=classify only (pretraining: text, jsonl, parquet, hf)",
+        )
         if self.sft.packing:
             require(self.kind == "sft", "data.sft.packing", "packs SFT examples; it needs data.kind=sft")
             require(
@@ -162,6 +188,8 @@ class DataConfig:
         require(
             len(self.choices) != 1, "data.choices", f"needs at least two choices, got {list(self.choices)}"
         )
+        if self.kind == "classify":
+            self._check_classify()
         require(self.seq_len > 0, "data.seq_len", f"must be > 0, got {self.seq_len}")
         require(
             0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
@@ -187,6 +215,30 @@ class DataConfig:
                 "and would ignore it; pick a data group that reads files (data=tinyshakespeare, c4_demo, "
                 f"alpaca_demo, ...) or set {format_key} to the file's format",
             )
+
+    def _check_classify(self) -> None:
+        require(
+            0.0 <= self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1.0,
+            "data.test_fraction",
+            f"must be in [0, 1) with data.val_fraction + data.test_fraction < 1, got {self.test_fraction}",
+        )
+        require(not self.sft.packing, "data.sft.packing", "does not apply to data.kind=classify")
+        one_of(self.on_empty_text, "data.on_empty_text", ("error", "skip"))
+        weights = self.class_weights
+        if isinstance(weights, str):
+            one_of(weights, "data.class_weights", CLASS_WEIGHTS)
+        else:
+            require(
+                isinstance(weights, (list, tuple)) and len(weights) > 0,
+                "data.class_weights",
+                f"must be auto, none or a list of one weight per class, got {weights!r}",
+            )
+            require(
+                all(isinstance(w, (int, float)) and w > 0 for w in weights),
+                "data.class_weights",
+                f"weights must be positive numbers, got {list(weights)}",
+            )
+            self.class_weights = [float(w) for w in weights]
 
 
 def check_sources(cfg: DataConfig) -> None:

@@ -343,6 +343,11 @@ class TrainConfig:
         """Mesh degrees against the strategy and the model shape (the world size is checked when the
         job starts, `llmtrain.dist.ParallelDims`)."""
         par, model = self.parallel, self.model
+        if par.sp > 1 and self.data.kind == "classify":
+            raise ConfigError(
+                f"parallel.sp={par.sp} with data.kind=classify is not supported (the head pools one "
+                "token per row, which sequence parallelism splits off to another rank); use parallel.sp=1"
+            )
         if par.sp > 1:
             # Ulysses runs on FSDP2 (our all-to-alls) and on DeepSpeed (its UlyssesSPAttentionHF).
             require(

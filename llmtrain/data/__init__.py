@@ -1,7 +1,8 @@
-"""Raw text to training batches, by one of two pipelines chosen by `data.kind`.
+"""Raw text to training batches, by one of three pipelines chosen by `data.kind`.
 
 - `pretrain/`: documents -> tokenized shards -> fixed-length windows cut across documents.
 - `sft/`: rows -> conversations -> chat-templated ids with loss masks -> one or packed examples per row.
+- `classify/`: labelled rows -> label set, stratified split -> token ids with one class id per row.
 
 They share `tokenizer/`, `cache.py` (manifest, splits, publishing a prepared folder), the sampler,
 collate and the loaders. This module is the one place that asks which pipeline a config uses:
@@ -17,7 +18,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from llmtrain.config import DataConfig
-from llmtrain.data.cache import check_manifest
+from llmtrain.data.cache import check_manifest, read_manifest
+from llmtrain.data.classify.dataset import ClassifyExamples, HFClassifyExamples, classify_rows
+from llmtrain.data.classify.prepare import describe_classify, ensure_classify_cache, save_classify_settings
 from llmtrain.data.collate import collate
 from llmtrain.data.errors import DataError
 from llmtrain.data.pretrain.mixture import ensure_mixture, source_folders
@@ -33,6 +36,8 @@ from llmtrain.data.shards import TokenShards
 __all__ = [
     "chat_template",
     "check_manifest",
+    "class_weights",
+    "classify_labels",
     "describe",
     "ensure_prepared",
     "Reply",
@@ -61,6 +66,8 @@ def ensure_prepared(cfg: DataConfig, out: Path | None = None) -> Path:
                 "corpus (data.path), whose folder a source can then name as its shards_dir"
             )
         return ensure_mixture(cfg)
+    if cfg.kind == "classify":
+        return ensure_classify_cache(cfg if out is None else dataclasses.replace(cfg, shards_dir=str(out)))
     if out is not None:
         return prepare_shards(cfg, out, workers=cfg.prep_workers)
     return ensure_shards(cfg)
@@ -72,11 +79,16 @@ def describe(cfg: DataConfig, folder: Path) -> str:
         return "\n".join(
             [f"mixture: {folder}"] + [describe_shards(f) for f in source_folders(cfg, folder).values()]
         )
+    if cfg.kind == "classify":
+        return describe_classify(folder)
     return describe_examples(folder) if cfg.kind == "sft" else describe_shards(folder)
 
 
 def samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Dataset, Any]:
-    """(dataset, collate function) of one split: pretraining windows, or SFT rows (packed or not)."""
+    """(dataset, collate function) of one split: pretraining windows, SFT rows (packed or not), or
+    classification examples."""
+    if cfg.kind == "classify":
+        return classify_rows(folder, split)
     if cfg.kind == "sft":
         return sft_rows(cfg, folder, split)
     return PretrainWindows(TokenShards(folder, split), cfg.seq_len, cfg.document_masking), collate
@@ -87,8 +99,10 @@ def hf_trainer_samples(cfg: DataConfig, folder: Path, split: str) -> tuple[Datas
 
     Trainer shifts labels itself, so labels are unshifted. Pretraining: whole windows, labels =
     inputs, all the same length. SFT: one example per row, -100 off the trained tokens; rows of
-    different lengths need a padding collator.
+    different lengths need a padding collator. Classification: token ids and a class id per row.
     """
+    if cfg.kind == "classify":
+        return HFClassifyExamples(ClassifyExamples(folder, split)), True
     if cfg.kind == "sft":
         return UnshiftedExamples(SFTExamples(folder, split)), True
     if cfg.sources:
@@ -113,6 +127,38 @@ def chat_template(cfg: DataConfig, tokenizer: Any) -> ChatTemplate | None:
 
 def save_chat_settings(cfg: DataConfig, folder: Path) -> None:
     """For SFT, record the chat template and system prompt beside the run's tokenizer (exports carry
-    it, so `launch/generate.py` formats prompts as training did); nothing for pretraining."""
+    it, so `launch/generate.py` formats prompts as training did); for classification the fields and
+    seq_len (`launch/evaluate.py` reads new files as training did); nothing for pretraining."""
+    if cfg.kind == "classify":
+        save_classify_settings(folder, cfg)
     if cfg.kind == "sft":
         _save_chat_settings(folder, cfg.sft.chat_template, cfg.sft.system_prompt)
+
+
+def classify_labels(cfg: DataConfig, folder: Path) -> list[str] | None:
+    """The class names in id order for a classification run (the model's head size); None otherwise."""
+    if cfg.kind != "classify":
+        return None
+    return list(read_manifest(folder)["labels"])
+
+
+def class_weights(cfg: DataConfig, folder: Path) -> list[float] | None:
+    """Per-class weights of the classification loss, or None (unweighted, or not classification).
+
+    `auto` is scikit-learn's "balanced" rule, n_samples / (n_classes × count), from the training split.
+    """
+    if cfg.kind != "classify" or cfg.class_weights == "none":
+        return None
+    manifest = read_manifest(folder)
+    names = manifest["labels"]
+    if cfg.class_weights == "auto":
+        counts = manifest["splits"]["train"]["class_counts"]
+        total = sum(counts.values())
+        return [total / (len(names) * counts[n]) for n in names]
+    weights = list(cfg.class_weights)
+    if len(weights) != len(names):
+        raise DataError(
+            f"data.class_weights has {len(weights)} weights but the training set has {len(names)} classes "
+            f"({names}); give one weight per class in that order, or auto"
+        )
+    return weights

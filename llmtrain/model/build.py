@@ -110,14 +110,34 @@ def hf_config(cfg: ModelConfig, vocab_size: int) -> PretrainedConfig:
     )
 
 
-def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) -> PreTrainedModel:
+def build_model(
+    cfg: ModelConfig,
+    tokenizer_vocab: int,
+    device: torch.device,
+    label_names: list[str] | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
     """A model ready to train: weights on `device`, backend chosen, checkpointing applied.
 
+    With `label_names` a sequence classifier (`*ForSequenceClassification`, one output per label,
+    pooling the last token that is not `pad_token_id`) instead of a causal LM.
     Random init draws from torch's global RNG, so the caller seeds it first for reproducibility.
     """
     attn = resolve_attn_implementation(cfg.attn_implementation, device)
     dtype = DTYPES[cfg.dtype]
-    if cfg.pretrained is not None:
+    if label_names is not None:
+        from llmtrain.model.classifier import build_classifier_base
+
+        if pad_token_id is None:
+            raise ValueError("a classifier needs the tokenizer's pad_token_id (last-token pooling)")
+        vocab = cfg.vocab_size or padded_vocab_size(tokenizer_vocab, cfg.vocab_multiple)
+        scratch = None if cfg.pretrained is not None else hf_config(cfg, vocab)
+        model = build_classifier_base(cfg, scratch, label_names, pad_token_id, attn)
+        if model.config.vocab_size < tokenizer_vocab:
+            raise ConfigError(
+                f"model vocab_size {model.config.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} tokens"
+            )
+    elif cfg.pretrained is not None:
         path = Path(cfg.pretrained)
         if not (path / "config.json").is_file():
             raise ConfigError(
@@ -146,7 +166,7 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int, device: torch.device) ->
     if cfg.lora.r > 0:
         from llmtrain.model.lora import apply_lora
 
-        model = apply_lora(model, cfg.lora, cfg.pretrained)
+        model = apply_lora(model, cfg.lora, cfg.pretrained, classifier=label_names is not None)
     if cfg.tiled_mlp:
         from llmtrain.model.tiled_mlp import apply_tiled_mlp
 

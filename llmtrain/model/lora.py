@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 PEFT_PREFIX = "base_model.model."
 
 
-def peft_config(cfg: LoraConfig, base_model_path: str | None = None) -> Any:
+# A classifier's head is new (random init): it trains in full beside the adapters, and peft
+# saves it with them (`modules_to_save`).
+CLASSIFIER_HEAD = "score"
+
+
+def peft_config(cfg: LoraConfig, base_model_path: str | None = None, classifier: bool = False) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -30,13 +35,17 @@ def peft_config(cfg: LoraConfig, base_model_path: str | None = None) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
+        modules_to_save=[CLASSIFIER_HEAD] if classifier else None,
         base_model_name_or_path=base_model_path,
     )
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig, base_model_path: str | None = None) -> nn.Module:
-    """Wrap `model` in a peft LoRA model: base weights frozen, adapters trainable.
+def apply_lora(
+    model: nn.Module, cfg: LoraConfig, base_model_path: str | None = None, classifier: bool = False
+) -> nn.Module:
+    """Wrap `model` in a peft LoRA model: base weights frozen, adapters trainable (and, for a
+    classifier, its `score` head).
 
     LoRA's B matrices start at zero, so the wrapped model computes exactly what `model` did.
     """
@@ -49,7 +58,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, base_model_path: str | None = 
             f"model.lora.target_modules={list(cfg.target_modules)}: none of them is a module of this model "
             f"(module names include {', '.join(sorted(present)[:12])})"
         )
-    peft_model = get_peft_model(model, peft_config(cfg, base_model_path))
+    peft_model = get_peft_model(model, peft_config(cfg, base_model_path, classifier))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     log.info(
@@ -80,11 +89,17 @@ def load_lora_model(hf_config: Any, weights: dict[str, torch.Tensor], cfg: LoraC
     """The peft model rebuilt from a LoRA checkpoint's weights (to merge, or to save the adapter)."""
     from transformers import AutoModelForCausalLM
 
+    from llmtrain.model.classifier import from_config, is_classifier_config
+
     # Built on CPU in the weights' dtype: merging needs real tensors, and the base weights are
     # replaced by the checkpoint's right after.
     dtype = next(iter(weights.values())).dtype
-    base = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    model = apply_lora(base, cfg)
+    classifier = is_classifier_config(hf_config)
+    if classifier:
+        base = from_config(hf_config, dtype=dtype)
+    else:
+        base = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model = apply_lora(base, cfg, classifier=classifier)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {f"{PEFT_PREFIX}lm_head.weight"} if hf_config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

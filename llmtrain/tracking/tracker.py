@@ -5,7 +5,7 @@ never branch on rank. The files in the run dir are the record of truth: they are
 do not depend on W&B, which is a mirror that may fail (see `wandb_run.py`).
 
 Run dir files: `metrics.jsonl` (one object per log call, `step` first), `samples.jsonl` (generation
-samples), `environment.json`, and `summary.json` at the end.
+samples), `confusion.jsonl` (classification), `environment.json`, and `summary.json` at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ log = logging.getLogger("llmtrain")
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
+CONFUSION_FILE = "confusion.jsonl"
 # Key of the W&B run id in a checkpoint's trainer state (`TrainState.wandb_run_id`).
 WANDB_RUN_ID = "wandb_run_id"
 
@@ -92,7 +93,7 @@ class Tracker:
         # Lines after the checkpoint we resume from will be logged again; a fresh start (no
         # checkpoint) logs everything again, step 0 included.
         keep_through = resume_step if resume_step > 0 else -1
-        for path in (self.path, self.samples_path):
+        for path in (self.path, self.samples_path, run_dir / CONFUSION_FILE):
             self._truncate_after(path, keep_through)
 
         from llmtrain.tracking.environment import collect_environment, write_environment
@@ -142,6 +143,23 @@ class Tracker:
                 f.write(json.dumps({"step": step, "key": key, **row}) + "\n")
         if self.wandb is not None:
             self.wandb.log_table(step, key, rows)
+
+    def log_confusion(
+        self, step: int, gold: list[int], pred: list[int], label_names: list[str], key: str = "val_confusion"
+    ) -> None:
+        """A confusion matrix at a training step: W&B's plot when enabled (metrics.jsonl holds only
+        scalars; `confusion.jsonl` in the run dir keeps the matrix, one line per evaluation)."""
+        if not self.enabled:
+            return
+        from llmtrain.metrics.classification import confusion
+
+        matrix = confusion(gold, pred, len(label_names))
+        with open(self.run_dir / CONFUSION_FILE, "a") as f:
+            f.write(
+                json.dumps({"step": step, "key": key, "labels": list(label_names), "matrix": matrix}) + "\n"
+            )
+        if self.wandb is not None:
+            self.wandb.log_confusion(step, key, gold, pred, label_names)
 
     def summary(self, values: dict[str, Any]) -> None:
         """End-of-run values (stop reason, final/best val loss, tokens); adds this process's wall time."""

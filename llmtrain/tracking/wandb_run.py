@@ -114,6 +114,21 @@ class WandbRun:
 
         self._guarded("log", log_table)
 
+    def log_confusion(
+        self, step: int, key: str, gold: list[int], pred: list[int], label_names: list[str]
+    ) -> None:
+        """A confusion-matrix plot (W&B's own, from the gold and predicted class ids)."""
+        if not self.active or step <= self.skip_through_step:
+            return
+
+        def log_plot() -> None:
+            import wandb
+
+            plot = wandb.plot.confusion_matrix(y_true=gold, preds=pred, class_names=list(label_names))
+            self._run.log({key: plot}, step=step)
+
+        self._guarded("log", log_plot)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.active:
             self._guarded("summary", lambda: self._run.summary.update(values))

@@ -103,17 +103,29 @@ class Evaluator:
             self.tracker.log({"step": state.step, **metrics}, console)
         return metrics
 
+    def final_report(self, step: int) -> None:
+        """The readable tables (per-class precision/recall/F1) of the last evaluation, for the log."""
+        for fn in self.metric_fns:
+            table = getattr(fn, "last_table", None)
+            if table is not None:
+                log.info("validation metrics at step %d:\n%s", step, table)
+
 
 def build_evaluator(
     cfg: TrainConfig, data: RunData, strategy: Strategy, val_loader, tracker: Tracker
 ) -> Evaluator:
     """The run's evaluation: samples for `trainer.sample_prompts`, and the metric functions its
-    config asks for (per-source losses of a mixture, generated answers, choice scoring)."""
+    config asks for (classification metrics, per-source losses of a mixture, generated answers,
+    choice scoring)."""
+    from llmtrain.train.classify_eval import classification_metrics_for
     from llmtrain.train.reply_metrics import ChoiceScores, GeneratedAnswers
     from llmtrain.train.setup import source_val_loaders
 
     sampler = PromptSampler(cfg, data.tokenizer) if cfg.trainer.sample_prompts else None
     fns: list[MetricFn] = []
+    classify = classification_metrics_for(cfg, data.label_names, data.shards_dir, strategy, tracker)
+    if classify is not None:
+        fns.append(classify)
     per_source = source_val_loaders(cfg, data.shards_dir, strategy)
     if per_source:
         fns.append(source_val_losses(per_source))

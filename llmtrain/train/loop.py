@@ -103,7 +103,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
     _log_data(data)
 
     schedule = LRSchedule(cfg.sched, trainer.max_steps)
-    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer), schedule)
+    strategy = build_model_and_strategy(cfg, dist, len(data.tokenizer), schedule, data)
     state = TrainState()
     if resume_from is not None:
         state = TrainState.from_dict(load_checkpoint(resume_from, strategy))
@@ -179,6 +179,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop: StopRequest, run_dir: RunDir)
         if last_ckpt is None or layout.read_meta(last_ckpt).step != state.step:
             last_ckpt = checkpoint()
     val_loss = best.last_metrics.get("val_loss")
+    evaluator.final_report(state.step)
     requeued = _finish(tracker, stop, state, stop_reason, val_loss, last_ckpt, run_dir.path)
     exit_code = _exit_code(diverged, state.step >= trainer.max_steps or requeued or best.stopped)
     return TrainResult(run_dir.path, state.step, stop_reason, val_loss, last_ckpt, exit_code)

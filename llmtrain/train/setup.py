@@ -9,12 +9,13 @@ from typing import Any
 import torch
 
 from llmtrain.config import ConfigError, TrainConfig
-from llmtrain.data import check_manifest, ensure_prepared
+from llmtrain.data import check_manifest, class_weights, classify_labels, ensure_prepared
 from llmtrain.data.errors import DataError
 from llmtrain.data.loader import build_source_val_loaders, build_train_loader, build_val_loader
 from llmtrain.data.tokenizer.load import load_tokenizer
 from llmtrain.dist import DistInfo, broadcast_object, is_main_process
 from llmtrain.model.build import build_model
+from llmtrain.model.classifier import SequenceClassificationLoss
 from llmtrain.model.loss import CausalLMLoss
 from llmtrain.optim.schedule import LRSchedule
 from llmtrain.strategy import Strategy, build_strategy
@@ -25,6 +26,9 @@ class RunData:
     tokenizer: Any
     shards_dir: Path
     manifest: dict[str, Any]
+    # Classification: class names in id order and the loss's class weights; None otherwise.
+    label_names: list[str] | None = None
+    class_weights: list[float] | None = None
 
 
 def prepare_data(cfg: TrainConfig) -> RunData:
@@ -42,22 +46,41 @@ def prepare_data(cfg: TrainConfig) -> RunData:
     if error is not None:
         raise error
     shards_dir = shards_dir or ensure_prepared(cfg.data)
-    return RunData(tokenizer, shards_dir, check_manifest(shards_dir, tokenizer))
+    manifest = check_manifest(shards_dir, tokenizer)
+    return RunData(
+        tokenizer,
+        shards_dir,
+        manifest,
+        classify_labels(cfg.data, shards_dir),
+        class_weights(cfg.data, shards_dir),
+    )
 
 
 def build_model_and_strategy(
-    cfg: TrainConfig, dist: DistInfo, vocab_size: int, schedule: LRSchedule | None = None
+    cfg: TrainConfig,
+    dist: DistInfo,
+    vocab_size: int,
+    schedule: LRSchedule | None = None,
+    data: RunData | None = None,
 ) -> Strategy:
-    """The model wrapped by its strategy, stepping `schedule` (default: planned over max_steps)."""
+    """The model wrapped by its strategy, stepping `schedule` (default: planned over max_steps).
+
+    A classification run (`data.label_names`) gets a sequence classifier and its loss module."""
     # Same seed on every rank: identical initial weights everywhere (sharded engines rely on it).
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, vocab_size, dist.device)
+    labels = data.label_names if data is not None else None
+    if labels is not None:
+        assert data is not None
+        model = build_model(cfg.model, vocab_size, dist.device, labels, data.tokenizer.pad_token_id)
+        module: torch.nn.Module = SequenceClassificationLoss(model, data.class_weights)
+    else:
+        model = build_model(cfg.model, vocab_size, dist.device)
+        module = CausalLMLoss(
+            model, cfg.data.document_masking, cfg.model.loss_chunk_tokens, cfg.model.compile
+        )
     strategy = build_strategy(cfg, dist)
     schedule = schedule or LRSchedule(cfg.sched, cfg.trainer.max_steps)
-    strategy.setup(
-        CausalLMLoss(model, cfg.data.document_masking, cfg.model.loss_chunk_tokens, cfg.model.compile),
-        schedule.lr_lambda(),
-    )
+    strategy.setup(module, schedule.lr_lambda())
     return strategy
 
 

@@ -120,3 +120,27 @@ def test_a_torn_last_line_of_metrics_jsonl_is_dropped_with_a_warning_not_a_crash
     tracker.close()
     assert [m["step"] for m in _jsonl(run_dir / METRICS_FILE)] == [1, 2]
     assert "dropped a torn last line" in caplog.text
+
+
+def test_confusion_matrix_goes_to_confusion_jsonl_and_a_wandb_confusion_plot(tmp_path, wandb_offline):
+    run_dir = tmp_path / "run"
+    tracker = Tracker(_cfg(run_dir), run_dir)
+    gold, pred, names = [0, 0, 1, 2, 2], [0, 1, 1, 2, 0], ["neg", "neu", "pos"]
+    tracker.log({"step": 4, "val_accuracy": 0.6})
+    tracker.log_confusion(4, gold, pred, names)
+    tracker.close()
+
+    (saved,) = _jsonl(run_dir / "confusion.jsonl")
+    assert saved == {
+        "step": 4,
+        "key": "val_confusion",
+        "labels": names,
+        "matrix": [[1, 1, 0], [0, 1, 0], [1, 0, 1]],
+    }
+    (run,) = offline_runs(run_dir)
+    (row,) = [h for h in run.history if h["_step"] == 4]
+    assert row["val_accuracy"] == 0.6
+    assert row["val_confusion_table._type"] == "table-file"  # wandb.plot.confusion_matrix's data
+    table = json.loads((run.dir / "files" / row["val_confusion_table.path"]).read_text())
+    counts = {(a, p): n for a, p, n in table["data"]}
+    assert counts[("neg", "neu")] == 1 and counts[("pos", "neg")] == 1 and counts[("pos", "pos")] == 1
