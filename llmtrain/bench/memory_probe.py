@@ -5,9 +5,9 @@ What is counted, per rank (bytes, the largest over ranks):
   states, measured after a first step has created the states;
 - `step_peak_bytes`: the peak of tensors a training step allocates above what was live when it
   began (`llmtrain.metrics.memory.track_peak_allocation`: on CUDA `max_memory_allocated`, on CPU the
-  profiler's allocation events replayed in order). Gradients are freed by `zero_grad` between
-  steps, so they are in here, with the activations, the all-gathered weights, logits and
-  communication buffers;
+  profiler's allocation events replayed by address, an upper bound when gloo's worker threads free
+  tensors). Gradients are freed by `zero_grad` between steps, so they are in here, with the
+  activations, the all-gathered weights, logits and communication buffers;
 - `total_bytes` = resting + step peak: what a cap on the accelerator's memory must hold. Allocator
   fragmentation, the CUDA context and the process's code are not counted.
 

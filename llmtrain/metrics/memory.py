@@ -33,8 +33,9 @@ def track_peak_allocation(device: torch.device) -> Iterator[PeakAllocation]:
 
     CUDA: the caching allocator's own peak counter. CPU has no such counter and the process RSS
     only ever grows, so the allocations are replayed from the profiler's memory events (each
-    allocation and free with its size, in order). The profiler slows the block down: use this on
-    an extra, untimed step.
+    allocation and free with its size and address, in order; `replay_peak` says why by address and
+    when the figure is an upper bound). The profiler slows the block down: use this on an extra,
+    untimed step.
     """
     peak = PeakAllocation()
     if device.type == "cuda":
@@ -48,8 +49,40 @@ def track_peak_allocation(device: torch.device) -> Iterator[PeakAllocation]:
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         yield peak
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()  # negative for a free
-        peak.bytes = max(peak.bytes, live)
+    peak.bytes = replay_peak(prof.profiler.kineto_results.experimental_event_tree())
+
+
+def replay_peak(event_tree: list) -> int:
+    """The most bytes live at once, replaying the profiler's allocation events by address.
+
+    The profiler records allocations and frees only on the threads it profiles. A tensor whose last
+    reference a gloo worker thread drops (the buffers of a collective that the worker releases after
+    the caller's `wait()` returned) is freed unseen: a plain running sum keeps counting it for the
+    rest of the block, which made the all-to-alls of sequence parallelism look like a leak growing
+    with every layer. An allocation at an address the replay still holds as live proves the earlier
+    block was freed, so it is dropped there. Frees never followed by reuse of their address stay
+    counted: the figure is an upper bound, exact when every free happens on a profiled thread.
+    """
+    from torch._C._profiler import _EventType
+
+    allocations, stack = [], list(event_tree)
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            allocations.append(node)
+        stack.extend(node.children)
+    allocations.sort(key=lambda node: node.start_time_ns)
+    live_sizes: dict[int, int] = {}
+    live = best = 0
+    for node in allocations:
+        ptr, size = node.extra_fields.ptr, node.extra_fields.alloc_size  # size < 0 for a free
+        if size > 0:
+            live -= live_sizes.pop(ptr, 0)  # freed on a thread the profiler does not see
+            live_sizes[ptr] = size
+        elif ptr in live_sizes:
+            live_sizes.pop(ptr)
+        # else: a block allocated before the block began; what was live then is not counted, but
+        # the running sum still falls so that later peaks are measured from the same baseline.
+        live += size
+        best = max(best, live)
+    return best
