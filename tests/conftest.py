@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread, as every launched rank has (tests/launcher.py): a run in this process then
+# does the same float arithmetic as the same run launched, so a run started in one and resumed in
+# the other continues with the same numbers (two threads sum in another order: 1e-4 apart by step 55).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

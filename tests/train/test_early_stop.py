@@ -213,7 +213,7 @@ def test_a_crash_while_saving_a_new_best_leaves_the_previous_best_exportable_and
     crash_at, previous = improving[-1], improving[-2]
     run_dir = workdir / "crashed"
     args = [str(a) for a in overrides(workdir, "crashed")]
-    proc = launch("python", 1, args, env={FAULT_AFTER_SHARDS_ENV: str(crash_at)}, check=False)
+    proc = launch("forked", 1, args, env={FAULT_AFTER_SHARDS_ENV: str(crash_at)}, check=False)
     assert proc.returncode != 0 and layout.latest_checkpoint(run_dir).name == layout.step_dir_name(previous)
     assert layout.best_checkpoint(run_dir).name == layout.step_dir_name(previous)
     exported = export_hf(run_dir, workdir / "crashed_best", best=True)
