@@ -65,7 +65,7 @@ def test_default_sft_learns_samples_and_exports_a_chat_model(tmp_path: Path, cac
     run = tmp_path / "run"
     args = ["+exp=sft", *FAST, "trainer.max_steps=12", "trainer.eval_every=6", "data.seq_len=128",
             "data.sft.synthetic_examples=600", f"run.dir={run}", f"data.cache_dir={cache}"]  # fmt: skip
-    launch("python", 1, args)
+    launch("forked", 1, args)
     losses = val_losses(run)
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
     rows = samples(run)
@@ -81,7 +81,7 @@ def test_default_sft_learns_samples_and_exports_a_chat_model(tmp_path: Path, cac
 
 def test_alpaca_full_finetune_under_fsdp(tmp_path: Path, shared_data: Path, cache: Path):
     run = tmp_path / "run"
-    launch("torchrun", 2, ["+exp=sft", *FAST, *alpaca(shared_data), "strategy=fsdp", f"run.dir={run}",
+    launch("forked", 2, ["+exp=sft", *FAST, *alpaca(shared_data), "strategy=fsdp", f"run.dir={run}",
                            f"data.cache_dir={cache}"])  # fmt: skip
     losses = val_losses(run)
     assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses), losses
@@ -97,7 +97,7 @@ def test_alpaca_full_finetune_under_zero3(tmp_path: Path, shared_data: Path, cac
     assert len(samples(run)) == 2 * 3
 
 
-@pytest.mark.parametrize("launcher,strategy", [("torchrun", "fsdp"), ("deepspeed", "zero2")])
+@pytest.mark.parametrize("launcher,strategy", [("forked", "fsdp"), ("forked", "zero2")])
 def test_lora_trains_and_merged_export_generates(tmp_path: Path, cache: Path, launcher: str, strategy: str):
     run = tmp_path / "run"
     args = ["+exp=sft_lora", *FAST, "optim.lr=1e-2", "data.seq_len=128", "data.sft.synthetic_examples=600",
@@ -113,12 +113,12 @@ def test_lora_trains_and_merged_export_generates(tmp_path: Path, cache: Path, la
 def test_lora_on_a_pretrained_folder_exports_a_usable_adapter(tmp_path: Path, cache: Path):
     # A base model as our own pretraining would export it: train briefly, export, start LoRA from it.
     base_run = tmp_path / "base"
-    launch("python", 1, ["+exp=sft", *FAST, "trainer.max_steps=2", "trainer.eval_every=0", "data.seq_len=128",
+    launch("forked", 1, ["+exp=sft", *FAST, "trainer.max_steps=2", "trainer.eval_every=0", "data.seq_len=128",
                          "data.sft.synthetic_examples=600", "trainer.sample_prompts=[]", f"run.dir={base_run}",
                          f"data.cache_dir={cache}"])  # fmt: skip
     base = export_hf(base_run, tmp_path / "base_hf")
     run = tmp_path / "lora"
-    launch("python", 1, ["+exp=sft_lora", *FAST, "trainer.max_steps=2", "trainer.eval_every=0",
+    launch("forked", 1, ["+exp=sft_lora", *FAST, "trainer.max_steps=2", "trainer.eval_every=0",
                          "data.seq_len=128", "data.sft.synthetic_examples=600", f"model.pretrained={base}",
                          f"run.dir={run}", f"data.cache_dir={cache}"])  # fmt: skip
     adapter = export_hf(run, tmp_path / "adapter", adapter_only=True)

@@ -1,7 +1,7 @@
-"""Runs shared by the strategy tests: the one-process reference run and gradient dumps.
+"""Runs shared by the strategy tests: the one-process reference runs and gradient dumps.
 
-Every strategy is checked against `single` on one process, so that run (and the reference
-gradients of one hand-made global step) are made once per session and reused.
+Every strategy is checked against `single` on one process, so those runs (pretraining and packed
+SFT, and the reference gradients of one hand-made global step) are made once per session and reused.
 """
 
 from __future__ import annotations
@@ -55,10 +55,51 @@ def tiny_args(strategy_tmp) -> Callable[..., list[str]]:
     return lambda run, **extra: _tiny_args(strategy_tmp, run, **extra)
 
 
+SFT_STEPS, SFT_FIRST = 10, 5
+
+
+def _sft_args(tmp: Path, run: str, **extra: object) -> list[str]:
+    """Packed SFT rows of unequal length (seq 128, 400 synthetic examples), 10 steps of global batch 8,
+    saving at step 5 and 10, logging every step; the constant schedule as in `_tiny_args`."""
+    base = {
+        "run.dir": tmp / run,
+        "data.cache_dir": tmp / "cache",
+        "data.seq_len": 128,
+        "data.sft.synthetic_examples": 400,
+        "data.loader_workers": 0,
+        "trainer.max_steps": SFT_STEPS,
+        "trainer.global_batch_size": 8,
+        "trainer.micro_batch_size": 2,
+        "trainer.log_every": 1,
+        "trainer.eval_every": 0,
+        "trainer.save_every": SFT_FIRST,
+        "trainer.sample_prompts": "[]",
+        "trainer.device": "cpu",
+        "sched.name": "constant",  # +exp=sft sets cosine, over a group choice
+        "sched.warmup_steps": 2,
+    }
+    base.update(extra)
+    return ["+exp=sft", *(f"{k}={v}" for k, v in base.items())]
+
+
+@pytest.fixture(scope="session")
+def sft_args(strategy_tmp) -> Callable[..., list[str]]:
+    """`sft_args(run_name, **overrides)`: overrides for a packed-SFT run in the session's folder."""
+    return lambda run, **extra: _sft_args(strategy_tmp, run, **extra)
+
+
+@pytest.fixture(scope="session")
+def sft_reference(strategy_tmp, sft_args) -> Path:
+    """10 steps of packed SFT in one process (checkpoints at 5 and 10): what every mesh layout and
+    DeepSpeed with sequence parallel must reproduce."""
+    launch("forked", 1, sft_args("sft_single"))
+    return strategy_tmp / "sft_single"
+
+
 @pytest.fixture(scope="session")
 def single_run(strategy_tmp, tiny_args) -> Path:
     """10 steps of `single` in one process: the reference every strategy must reproduce."""
-    launch("python", 1, tiny_args("single"))
+    launch("forked", 1, tiny_args("single"))
     return strategy_tmp / "single"
 
 
@@ -76,7 +117,7 @@ TWO_RANK_SPECS = [
 def grad_dumps(strategy_tmp) -> dict[tuple[int, str], dict]:
     """(ranks, "STRATEGY/MICRO/VARIANT") → {"grads", "grad_norm"} of fsdp_grad_step.py's global step."""
     dumps = {}
-    for launcher, nproc, specs in (("python", 1, ONE_PROCESS_SPECS), ("torchrun", 2, TWO_RANK_SPECS)):
+    for launcher, nproc, specs in (("forked", 1, ONE_PROCESS_SPECS), ("forked", 2, TWO_RANK_SPECS)):
         out = strategy_tmp / f"grads_{nproc}.pt"
         launch(launcher, nproc, [str(out), *specs], script=GRAD_STEP)
         dumps.update({(nproc, spec): dump for spec, dump in torch.load(out).items()})

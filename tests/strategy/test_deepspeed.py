@@ -3,8 +3,10 @@ world-size change with instructions, exports to Hugging Face, trains in bf16, sk
 steps untouched, reports sharded memory, runs across two "nodes", and fails in bounded time when a
 rank is stuck.
 
-Multi-process runs are real `deepspeed` jobs (two CPU ranks over gloo) on the generated corpus,
-shared between assertions through module fixtures. The first DeepSpeed launch on a machine
+The numeric runs are two CPU ranks over gloo forked by the session's server (tests/forkserver.py)
+on the generated corpus, shared between assertions through module fixtures; the real `deepspeed`
+launcher runs where it is the subject: the two-node hostfile run, the stuck rank, the one-rank
+shared-memory run. The first DeepSpeed launch on a machine
 JIT-builds a shared-memory op (~80 s, cached under ~/.cache/torch_extensions).
 """
 
@@ -50,7 +52,7 @@ def ds_run(tiny_args, strategy_tmp):
 
     def run(name: str, **extra: object) -> Path:
         if name not in done:
-            launch("deepspeed", 2, tiny_args(name, **extra), timeout=300)
+            launch("forked", 2, tiny_args(name, **extra), timeout=300)
             done[name] = strategy_tmp / name
         return done[name]
 
@@ -88,7 +90,7 @@ def test_two_rank_zero_stage_reproduces_single_process_losses_and_grad_norms(ds_
 @pytest.fixture(scope="module")
 def zero3_interrupted_at_n(tiny_args, strategy_tmp) -> Path:
     """A 2-rank zero3 run stopped after N steps (its last checkpoint is step N)."""
-    launch("deepspeed", 2, tiny_args("zero3_resumed", strategy="zero3", **{"trainer.max_steps": N}))
+    launch("forked", 2, tiny_args("zero3_resumed", strategy="zero3", **{"trainer.max_steps": N}))
     # A copy to try resuming on one rank, taken before the 2-rank resume adds checkpoints.
     shutil.copytree(strategy_tmp / "zero3_resumed", strategy_tmp / "zero3_resumed_1rank")
     return strategy_tmp / "zero3_resumed"
@@ -97,7 +99,7 @@ def zero3_interrupted_at_n(tiny_args, strategy_tmp) -> Path:
 @pytest.mark.slow
 def test_zero3_resume_continues_with_bitwise_identical_losses(ds_run, zero3_interrupted_at_n, tiny_args):
     full = step_losses(ds_run("zero3", strategy="zero3"))
-    launch("deepspeed", 2, tiny_args("zero3_resumed", strategy="zero3"))
+    launch("forked", 2, tiny_args("zero3_resumed", strategy="zero3"))
     resumed = step_losses(zero3_interrupted_at_n)
     assert sorted(resumed) == list(range(1, STEPS + 1)), "every step logged exactly once"
     # Same data order, RNG, fp32 master partitions, AdamW moments and schedule position: the same
@@ -110,7 +112,7 @@ def test_zero3_resume_continues_with_bitwise_identical_losses(ds_run, zero3_inte
 def test_zero3_checkpoint_on_another_world_size_fails_saying_how_to_convert(
     zero3_interrupted_at_n, tiny_args
 ):
-    proc = launch("python", 1, tiny_args("zero3_resumed_1rank", strategy="zero3"), check=False, timeout=300)
+    proc = launch("forked", 1, tiny_args("zero3_resumed_1rank", strategy="zero3"), check=False, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "written by 2 zero3 ranks, this run has 1" in output, output[-4000:]
@@ -119,9 +121,9 @@ def test_zero3_checkpoint_on_another_world_size_fails_saying_how_to_convert(
 
 @pytest.mark.slow
 def test_export_from_zero3_checkpoint_reproduces_the_trained_models_logits(probe, tmp_path):
-    out = probe("deepspeed", 2, "strategy=zero3")
+    out = probe("forked", 2, "strategy=zero3")
     hf = tmp_path / "hf"
-    launch("python", 1, [str(out / "run"), str(hf)], script=EXPORT)
+    launch("forked", 1, [str(out / "run"), str(hf)], script=EXPORT)
     exported = AutoModelForCausalLM.from_pretrained(hf).eval()
     assert exported.config.tie_word_embeddings, "the probe ties embeddings: shared weights must survive"
     # Two independent consolidations agree exactly: zero_to_fp32 reading the partitions from disk,
@@ -144,7 +146,7 @@ def test_export_from_zero3_checkpoint_reproduces_the_trained_models_logits(probe
 
 @pytest.mark.slow
 def test_zero3_memory_report_holds_half_of_params_grads_and_optimizer_per_rank(probe):
-    out = probe("deepspeed", 2, "strategy=zero3")
+    out = probe("forked", 2, "strategy=zero3")
     numel = sum(t.numel() for n, t in torch.load(out / "full_state.pt").items() if n != "lm_head.weight")
     # What one DeepSpeed process holds in fp32 with AdamW: weights, gradients, and in the optimizer
     # an fp32 master copy plus two moments (single holds no separate master: 8 bytes there).
@@ -159,7 +161,7 @@ def test_zero3_memory_report_holds_half_of_params_grads_and_optimizer_per_rank(p
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher,nproc,precision",
-    [("deepspeed", 2, "fp32"), ("python", 1, "bf16")],
+    [("forked", 2, "fp32"), ("forked", 1, "bf16")],
     ids=["fp32-2ranks", "bf16-1rank"],
 )
 def test_zero3_nonfinite_step_is_skipped_without_touching_weights_or_schedule(

@@ -7,7 +7,8 @@ losses and exports a normal Hugging Face folder.
 Measured (fp32, CPU): every loss within 1e-7 relative and grad norm within 8e-7 of one process on
 both layouts; the resumed steps 6-10 are bit-identical to the uninterrupted run.
 
-Real `deepspeed` launches on CPU over gloo, sharing runs between assertions (module fixtures).
+DeepSpeed on CPU ranks over gloo, forked by the session's server (tests/forkserver.py: the engine
+is what is tested here, not its launcher), sharing runs between assertions (module fixtures).
 """
 
 from __future__ import annotations
@@ -29,39 +30,10 @@ HERE = Path(__file__).resolve().parent
 EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
 FAULTY = HERE / "ds_sp_faulty_train.py"
 SP_PACKED = HERE / "sp_packed_probe.py"
-STEPS, FIRST = 10, 5
+STEPS, FIRST = 10, 5  # conftest.py sft_args: steps, and the first checkpoint
 # fp32 on CPU; only the order of float sums differs from one process.
 RTOL = 1e-4
 ZERO3_SP2 = {"strategy": "zero3", "parallel.sp": 2}
-
-
-@pytest.fixture(scope="module")
-def sft_args(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ds_sp")
-
-    def args(run: str, **extra: object) -> list[str]:
-        base = {
-            "run.dir": tmp / run,
-            "data.cache_dir": tmp / "cache",
-            "data.seq_len": 128,
-            "data.sft.synthetic_examples": 400,
-            "data.loader_workers": 0,
-            "trainer.max_steps": FIRST,
-            "trainer.global_batch_size": 8,
-            "trainer.micro_batch_size": 2,
-            "trainer.log_every": 1,
-            "trainer.eval_every": 0,
-            "trainer.save_every": FIRST,
-            "trainer.sample_prompts": "[]",
-            "trainer.device": "cpu",
-            "sched.name": "constant",  # +exp=sft sets cosine, over a group choice
-            "sched.warmup_steps": 2,
-        }
-        base.update(extra)
-        return ["+exp=sft", *(f"{k}={v}" for k, v in base.items())]
-
-    args.tmp = tmp
-    return args
 
 
 def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
@@ -75,17 +47,16 @@ def _assert_same(ref: dict, other: dict, steps, rtol: float = RTOL) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(sft_args) -> Path:
-    """One process, packed SFT, 5 steps (a checkpoint at 5): what every layout must reproduce."""
-    launch("python", 1, sft_args("single"))
-    return sft_args.tmp / "single"
+def reference(sft_reference) -> Path:
+    """One process, packed SFT (tests/strategy/conftest.py): what every layout must reproduce."""
+    return sft_reference
 
 
 @pytest.fixture(scope="module")
-def zero3_sp2(sft_args) -> Path:
+def zero3_sp2(sft_args, strategy_tmp) -> Path:
     """ZeRO-3 with sp=2 on 2 ranks, 10 steps, checkpoints at 5 and 10."""
-    launch("deepspeed", 2, sft_args("zero3_sp2", **ZERO3_SP2, **{"trainer.max_steps": STEPS}), timeout=600)
-    return sft_args.tmp / "zero3_sp2"
+    launch("forked", 2, sft_args("zero3_sp2", **ZERO3_SP2, **{"trainer.max_steps": STEPS}), timeout=600)
+    return strategy_tmp / "zero3_sp2"
 
 
 @pytest.mark.slow
@@ -100,13 +71,20 @@ def test_zero3_sequence_parallel_on_two_ranks_reproduces_one_process(reference, 
 
 
 @pytest.mark.slow
-def test_zero3_data_times_sequence_parallel_on_four_ranks_reproduces_one_process(reference, sft_args):
+def test_zero3_data_times_sequence_parallel_on_four_ranks_reproduces_one_process(
+    reference, sft_args, strategy_tmp
+):
     """dp=2 × sp=2: the engine's batch arithmetic uses dp=2 (accumulation 2 of micro 2), ZeRO
     partitions and reduces over all 4 ranks."""
-    launch("deepspeed", 4, sft_args("zero3_dp2_sp2", **ZERO3_SP2, **{"trainer.save_every": 100}), timeout=600)
-    log = (sft_args.tmp / "zero3_dp2_sp2" / "train.log").read_text()
+    launch(
+        "forked",
+        4,
+        sft_args("zero3_dp2_sp2", **ZERO3_SP2, **{"trainer.max_steps": FIRST, "trainer.save_every": 100}),
+        timeout=600,
+    )
+    log = (strategy_tmp / "zero3_dp2_sp2" / "train.log").read_text()
     assert "micro 2 × accumulation 2 × data-parallel 2" in log
-    _assert_same(_rows(reference), _rows(sft_args.tmp / "zero3_dp2_sp2"), range(1, FIRST + 1))
+    _assert_same(_rows(reference), _rows(strategy_tmp / "zero3_dp2_sp2"), range(1, FIRST + 1))
 
 
 @pytest.mark.slow
@@ -114,28 +92,28 @@ def test_packed_examples_under_zero3_sequence_parallel_have_the_losses_of_each_e
     """One row packs examples of unequal length, one across the two ranks' slices: each example's
     loss must be its loss alone (our document mask through DeepSpeed's Ulysses, sliced positions)."""
     out = tmp_path / "losses.json"
-    launch("deepspeed", 2, [str(out), "strategy=zero3"], script=SP_PACKED, timeout=600)
+    launch("forked", 2, [str(out), "strategy=zero3"], script=SP_PACKED, timeout=600)
     losses = json.loads(out.read_text())
     assert losses["packed"] == pytest.approx(losses["alone"], rel=1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero1", "zero2"])
-def test_zero1_and_zero2_sequence_parallel_reproduce_one_process(reference, sft_args, stage):
+def test_zero1_and_zero2_sequence_parallel_reproduce_one_process(reference, sft_args, stage, strategy_tmp):
     """ZeRO-1/2 divide the reduced gradients by dp only where ZeRO-3 divides by dp × sp
     (`DeepSpeedStrategy._grad_divisor`): both must give the one-process gradients."""
     extra = {"parallel.sp": 2, "trainer.max_steps": 2, "trainer.save_every": 100}
-    launch("deepspeed", 2, sft_args(f"{stage}_sp2", strategy=stage, **extra), timeout=600)
-    _assert_same(_rows(reference), _rows(sft_args.tmp / f"{stage}_sp2"), range(1, 3))
+    launch("forked", 2, sft_args(f"{stage}_sp2", strategy=stage, **extra), timeout=600)
+    _assert_same(_rows(reference), _rows(strategy_tmp / f"{stage}_sp2"), range(1, 3))
 
 
 @pytest.mark.slow
-def test_tiled_mlp_under_zero3_sequence_parallel_reproduces_one_process(reference, sft_args):
+def test_tiled_mlp_under_zero3_sequence_parallel_reproduces_one_process(reference, sft_args, strategy_tmp):
     """DeepSpeed's TiledMLP defers ZeRO-3's gradient hooks to the last shard; the gradients must
     still be the untiled ones."""
     extra = {"model.tiled_mlp": 4, "trainer.max_steps": 2, "trainer.save_every": 100}
-    launch("deepspeed", 2, sft_args("zero3_sp2_tiled", **ZERO3_SP2, **extra), timeout=600)
-    _assert_same(_rows(reference), _rows(sft_args.tmp / "zero3_sp2_tiled"), range(1, 3))
+    launch("forked", 2, sft_args("zero3_sp2_tiled", **ZERO3_SP2, **extra), timeout=600)
+    _assert_same(_rows(reference), _rows(strategy_tmp / "zero3_sp2_tiled"), range(1, 3))
 
 
 @pytest.mark.slow
@@ -143,22 +121,24 @@ def test_tiled_mlp_under_zero3_sequence_parallel_reproduces_one_process(referenc
     ("fault", "first_failure"), [("all_to_all", "loss at step 1"), ("divisor", "grad norm at step 1")]
 )
 def test_negative_controls_a_broken_all_to_all_or_gradient_scale_is_caught(
-    reference, sft_args, fault, first_failure
+    reference, sft_args, fault, first_failure, strategy_tmp
 ):
     name = f"zero3_sp2_faulty_{fault}"
     args = sft_args(name, **ZERO3_SP2, **{"trainer.max_steps": 2, "trainer.save_every": 100})
-    launch("deepspeed", 2, args, script=FAULTY, env={"LLMTRAIN_SP_FAULT": fault}, timeout=600)
+    launch("forked", 2, args, script=FAULTY, env={"LLMTRAIN_SP_FAULT": fault}, timeout=600)
     with pytest.raises(AssertionError, match=first_failure):
-        _assert_same(_rows(reference), _rows(sft_args.tmp / name), range(1, 3))
+        _assert_same(_rows(reference), _rows(strategy_tmp / name), range(1, 3))
 
 
 @pytest.mark.slow
-def test_a_zero3_sequence_parallel_run_resumed_at_step_5_continues_with_the_same_losses(zero3_sp2, sft_args):
-    resumed = sft_args.tmp / "zero3_sp2_resumed"
+def test_a_zero3_sequence_parallel_run_resumed_at_step_5_continues_with_the_same_losses(
+    zero3_sp2, sft_args, strategy_tmp
+):
+    resumed = strategy_tmp / "zero3_sp2_resumed"
     step = f"step_{FIRST:06d}"
     shutil.copytree(zero3_sp2 / "checkpoints" / step, resumed / "checkpoints" / step)
     launch(
-        "deepspeed",
+        "forked",
         2,
         sft_args("zero3_sp2_resumed", **ZERO3_SP2, **{"trainer.max_steps": STEPS}),
         timeout=600,
@@ -175,7 +155,7 @@ def test_export_of_a_zero3_sequence_parallel_run_is_a_normal_hf_folder_with_the_
     step = f"step_{FIRST:06d}"
     exports = {}
     for name, run in (("single", reference), ("zero3_sp2", zero3_sp2)):
-        launch("python", 1, [str(run / "checkpoints" / step), str(tmp_path / name)], script=EXPORT)
+        launch("forked", 1, [str(run / "checkpoints" / step), str(tmp_path / name)], script=EXPORT)
         exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
     ids = torch.randint(
         0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)

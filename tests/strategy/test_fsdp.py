@@ -1,13 +1,14 @@
 """FSDP2 reproduces `single` (losses, grad norms, token-exact gradients), resumes exactly (also on
 another world size), exports to Hugging Face, trains in bf16, skips fp16 overflow steps, runs across
-two "nodes", and fails in bounded time when a rank is stuck."""
+two "nodes", and fails in bounded time when a rank is stuck.
+
+Numeric runs are ranks forked by the session's server (tests/forkserver.py); real torchrun agents
+run the two-"node" and stuck-rank tests, where the launcher is part of what is tested."""
 
 from __future__ import annotations
 
 import math
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -44,14 +45,14 @@ def assert_same_losses(ref: dict[int, float], other: dict[int, float], steps, at
 
 @pytest.fixture(scope="module")
 def fsdp_run(tiny_args, strategy_tmp) -> Path:
-    launch("torchrun", 2, tiny_args("fsdp", **FSDP))
+    launch("forked", 2, tiny_args("fsdp", **FSDP))
     return strategy_tmp / "fsdp"
 
 
 @pytest.fixture(scope="module")
 def interrupted_at_n(tiny_args, strategy_tmp) -> Path:
     """A 2-rank fsdp run stopped after N steps (its last checkpoint is step N)."""
-    launch("torchrun", 2, tiny_args("fsdp_resumed", **FSDP, **{"trainer.max_steps": N}))
+    launch("forked", 2, tiny_args("fsdp_resumed", **FSDP, **{"trainer.max_steps": N}))
     # A copy to resume on one rank, taken before the 2-rank resume adds checkpoints.
     shutil.copytree(strategy_tmp / "fsdp_resumed", strategy_tmp / "fsdp_resumed_1rank")
     return strategy_tmp / "fsdp_resumed"
@@ -92,7 +93,7 @@ def test_fsdp_rank_holds_half_of_single_params_grads_and_optimizer_state(grad_du
 
 
 def test_fsdp_resume_continues_with_identical_losses(fsdp_run, interrupted_at_n, tiny_args):
-    launch("torchrun", 2, tiny_args("fsdp_resumed", **FSDP))
+    launch("forked", 2, tiny_args("fsdp_resumed", **FSDP))
     ref, resumed = step_losses(fsdp_run), step_losses(interrupted_at_n)
     assert sorted(resumed) == list(range(1, 11))
     # Same world size: every tensor is restored bit for bit, so the losses are identical.
@@ -101,13 +102,13 @@ def test_fsdp_resume_continues_with_identical_losses(fsdp_run, interrupted_at_n,
 
 def test_fsdp_resumes_a_two_rank_checkpoint_on_one_rank(fsdp_run, interrupted_at_n, tiny_args, strategy_tmp):
     """DCP reshards the 2-rank checkpoint onto 1 rank; only the summation order changes."""
-    launch("python", 1, tiny_args("fsdp_resumed_1rank", **FSDP))
+    launch("forked", 1, tiny_args("fsdp_resumed_1rank", **FSDP))
     resumed = step_losses(strategy_tmp / "fsdp_resumed_1rank")
     assert_same_losses(step_losses(fsdp_run), resumed, range(N + 1, 11), LOSS_ATOL)
 
 
 def test_export_from_fsdp_checkpoint_reproduces_the_trained_models_logits(fsdp_run, tmp_path):
-    subprocess.run([sys.executable, str(EXPORT), str(fsdp_run), str(tmp_path / "hf")], check=True)
+    launch("forked", 1, [str(fsdp_run), str(tmp_path / "hf")], script=EXPORT)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="sdpa").eval()
 
     # The trained model: the checkpoint's shards loaded by the strategy itself (here on one rank).
@@ -136,7 +137,7 @@ def test_export_from_fsdp_checkpoint_reproduces_the_trained_models_logits(fsdp_r
 
 
 def test_fsdp_trains_in_bf16(tiny_args, strategy_tmp):
-    launch("torchrun", 2, tiny_args("fsdp_bf16", **FSDP, **{"trainer.precision": "bf16"}))
+    launch("forked", 2, tiny_args("fsdp_bf16", **FSDP, **{"trainer.precision": "bf16"}))
     losses = list(step_losses(strategy_tmp / "fsdp_bf16").values())
     assert len(losses) == 10 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.5, losses
@@ -144,7 +145,7 @@ def test_fsdp_trains_in_bf16(tiny_args, strategy_tmp):
 
 def test_fsdp_fp16_overflow_step_is_skipped_and_training_continues(tiny_args, strategy_tmp):
     args = tiny_args("fsdp_fp16", **FSDP, **{"trainer.precision": "fp16", "trainer.max_steps": 6})
-    proc = launch("torchrun", 2, args, script=FAULT_SCRIPT, env={"FAULT": "inf", "FAULT_STEP": "3"})
+    proc = launch("forked", 2, args, script=FAULT_SCRIPT, env={"FAULT": "inf", "FAULT_STEP": "3"})
     run_dir = strategy_tmp / "fsdp_fp16"
     check_overflow_skipped(run_dir, 3, proc.stdout + proc.stderr)
     weights = FSDPStrategy.consolidate(layout.latest_checkpoint(run_dir) / "model")

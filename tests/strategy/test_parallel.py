@@ -21,38 +21,9 @@ EXPORT = HERE.parents[1] / "launch" / "export_hf.py"
 FAULTY = HERE / "parallel_faulty_train.py"
 SP_FAULTY = HERE / "sp_faulty_train.py"
 SP_PACKED = HERE / "sp_packed_probe.py"
-STEPS, FIRST = 8, 5
+STEPS, FIRST = 10, 5  # conftest.py sft_args: steps, and the first checkpoint
 # fp32 on CPU; only the order of sums differs (measured: losses within 1e-6, grad norms 1e-6 rel).
 RTOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def sft_args(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("parallel")
-
-    def args(run: str, **extra: object) -> list[str]:
-        base = {
-            "run.dir": tmp / run,
-            "data.cache_dir": tmp / "cache",
-            "data.seq_len": 128,
-            "data.sft.synthetic_examples": 400,
-            "data.loader_workers": 0,
-            "trainer.max_steps": STEPS,
-            "trainer.global_batch_size": 8,
-            "trainer.micro_batch_size": 2,
-            "trainer.log_every": 1,
-            "trainer.eval_every": 0,
-            "trainer.save_every": FIRST,
-            "trainer.sample_prompts": "[]",
-            "trainer.device": "cpu",
-            "sched.name": "constant",  # +exp=sft sets cosine, over a group choice
-            "sched.warmup_steps": 2,
-        }
-        base.update(extra)
-        return ["+exp=sft", *(f"{k}={v}" for k, v in base.items())]
-
-    args.tmp = tmp
-    return args
 
 
 def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
@@ -66,23 +37,22 @@ def _assert_same(ref: dict, other: dict, steps) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(sft_args) -> Path:
-    """One process, packed SFT: what every layout must reproduce."""
-    launch("python", 1, sft_args("single"))
-    return sft_args.tmp / "single"
+def reference(sft_reference) -> Path:
+    """One process, packed SFT (tests/strategy/conftest.py): what every layout must reproduce."""
+    return sft_reference
 
 
 @pytest.fixture(scope="module")
-def tp2(sft_args) -> Path:
-    launch("torchrun", 2, sft_args("tp2", strategy="fsdp", **{"parallel.tp": 2, "trainer.max_steps": FIRST}))
-    return sft_args.tmp / "tp2"
+def tp2(sft_args, strategy_tmp) -> Path:
+    launch("forked", 2, sft_args("tp2", strategy="fsdp", **{"parallel.tp": 2, "trainer.max_steps": FIRST}))
+    return strategy_tmp / "tp2"
 
 
 @pytest.fixture(scope="module")
-def sp2(sft_args) -> Path:
-    """Sequence parallel on 2 ranks, the full 8 steps, saving at step 5."""
-    launch("torchrun", 2, sft_args("sp2", strategy="fsdp", **{"parallel.sp": 2}))
-    return sft_args.tmp / "sp2"
+def sp2(sft_args, strategy_tmp) -> Path:
+    """Sequence parallel on 2 ranks, the full 10 steps, saving at step 5."""
+    launch("forked", 2, sft_args("sp2", strategy="fsdp", **{"parallel.sp": 2}))
+    return strategy_tmp / "sp2"
 
 
 @pytest.mark.slow
@@ -106,64 +76,72 @@ def test_sequence_parallel_on_two_ranks_reproduces_one_process(reference, sp2):
     [{"parallel.tp": 2}, {"parallel.dp_replicate": 2}, {"parallel.sp": 2}],
     ids=["tp2_x_fsdp2", "hsdp2_x_fsdp2", "sp2_x_fsdp2"],
 )
-def test_four_rank_meshes_reproduce_one_process(reference, sft_args, layout):
+def test_four_rank_meshes_reproduce_one_process(reference, sft_args, layout, strategy_tmp):
     name = "mesh4_" + "_".join(f"{k.split('.')[1]}{v}" for k, v in layout.items())
-    launch("torchrun", 4, sft_args(name, strategy="fsdp", **{**layout, "trainer.max_steps": FIRST}))
-    _assert_same(_rows(reference), _rows(sft_args.tmp / name), range(1, FIRST + 1))
+    launch("forked", 4, sft_args(name, strategy="fsdp", **{**layout, "trainer.max_steps": FIRST}))
+    _assert_same(_rows(reference), _rows(strategy_tmp / name), range(1, FIRST + 1))
 
 
 @pytest.mark.slow
-def test_negative_control_a_label_count_over_all_ranks_is_caught(reference, sft_args):
+def test_negative_control_a_label_count_over_all_ranks_is_caught(reference, sft_args, strategy_tmp):
     """Counting the labels over tensor-parallel peers too halves every gradient: the comparison
     above must fail on it (losses agree at step 1; the grad norm does not)."""
     args = sft_args("tp2_faulty", strategy="fsdp", **{"parallel.tp": 2, "trainer.max_steps": 2})
-    launch("torchrun", 2, args, script=FAULTY)
+    launch("forked", 2, args, script=FAULTY)
     with pytest.raises(AssertionError, match="grad norm at step 1"):
-        _assert_same(_rows(reference), _rows(sft_args.tmp / "tp2_faulty"), range(1, 3))
+        _assert_same(_rows(reference), _rows(strategy_tmp / "tp2_faulty"), range(1, 3))
 
 
 @pytest.mark.slow
 def test_packed_examples_under_sequence_parallel_have_the_losses_of_each_example_alone(tmp_path):
     out = tmp_path / "losses.json"
-    launch("torchrun", 2, [str(out)], script=SP_PACKED)
+    launch("forked", 2, [str(out)], script=SP_PACKED)
     losses = json.loads(out.read_text())
     assert losses["packed"] == pytest.approx(losses["alone"], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_negative_control_an_all_to_all_that_keeps_its_own_chunks_is_caught(reference, sft_args):
+def test_negative_control_an_all_to_all_that_keeps_its_own_chunks_is_caught(
+    reference, sft_args, strategy_tmp
+):
     """An all-to-all that sends nothing (each rank keeps its own chunks: attention then sees its
     own slice repeated, not the sequence) must fail the comparison at the first step."""
     args = sft_args("sp2_faulty", strategy="fsdp", **{"parallel.sp": 2, "trainer.max_steps": 2})
-    launch("torchrun", 2, args, script=SP_FAULTY)
+    launch("forked", 2, args, script=SP_FAULTY)
     with pytest.raises(AssertionError, match="loss at step 1"):
-        _assert_same(_rows(reference), _rows(sft_args.tmp / "sp2_faulty"), range(1, 3))
+        _assert_same(_rows(reference), _rows(strategy_tmp / "sp2_faulty"), range(1, 3))
 
 
 @pytest.mark.slow
-def test_a_sequence_parallel_run_resumed_at_step_5_continues_with_the_same_losses(reference, sp2, sft_args):
-    resumed = sft_args.tmp / "sp2_resumed"
+def test_a_sequence_parallel_run_resumed_at_step_5_continues_with_the_same_losses(
+    reference, sp2, sft_args, strategy_tmp
+):
+    resumed = strategy_tmp / "sp2_resumed"
     resumed.mkdir()
     shutil.copytree(sp2 / "checkpoints" / f"step_{FIRST:06d}", resumed / "checkpoints" / f"step_{FIRST:06d}")
-    launch("torchrun", 2, sft_args("sp2_resumed", strategy="fsdp", **{"parallel.sp": 2}))
+    launch("forked", 2, sft_args("sp2_resumed", strategy="fsdp", **{"parallel.sp": 2}))
     _assert_same(_rows(sp2), _rows(resumed), range(FIRST + 1, STEPS + 1))
     _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
 
 
 @pytest.mark.slow
-def test_a_sequence_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(reference, sp2, sft_args):
-    resumed = sft_args.tmp / "sp2_as_fsdp"
+def test_a_sequence_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(
+    reference, sp2, sft_args, strategy_tmp
+):
+    resumed = strategy_tmp / "sp2_as_fsdp"
     resumed.mkdir()
     shutil.copytree(sp2 / "checkpoints" / f"step_{FIRST:06d}", resumed / "checkpoints" / f"step_{FIRST:06d}")
-    launch("torchrun", 2, sft_args("sp2_as_fsdp", strategy="fsdp"))
+    launch("forked", 2, sft_args("sp2_as_fsdp", strategy="fsdp"))
     _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
 
 
 @pytest.mark.slow
-def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(reference, tp2, sft_args):
-    resumed = sft_args.tmp / "tp2_as_fsdp"
+def test_a_tensor_parallel_checkpoint_resumes_as_plain_fsdp_with_the_same_losses(
+    reference, tp2, sft_args, strategy_tmp
+):
+    resumed = strategy_tmp / "tp2_as_fsdp"
     shutil.copytree(tp2, resumed)
-    launch("torchrun", 2, sft_args("tp2_as_fsdp", strategy="fsdp"))
+    launch("forked", 2, sft_args("tp2_as_fsdp", strategy="fsdp"))
     _assert_same(_rows(reference), _rows(resumed), range(FIRST + 1, STEPS + 1))
 
 
@@ -175,7 +153,7 @@ def test_export_of_a_tensor_or_sequence_parallel_run_is_a_normal_hf_folder_with_
     run = request.getfixturevalue(layout) / "checkpoints" / f"step_{FIRST:06d}"
     exports = {}
     for name, ckpt in (("single", reference / "checkpoints" / f"step_{FIRST:06d}"), (layout, run)):
-        launch("python", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
+        launch("forked", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
         exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
     ids = torch.randint(
         0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)

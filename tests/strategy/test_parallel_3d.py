@@ -27,37 +27,16 @@ SP_TP = {"strategy": "fsdp", "parallel.sp": 2, "parallel.tp": 2}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
+def runs(sft_args, strategy_tmp) -> dict[str, Path]:
     """One process and sp=2 × tp=2 on 4 ranks, same packed SFT global batches, 5 steps each."""
-    tmp = tmp_path_factory.mktemp("parallel_3d")
-
-    def args(run: str, **extra: object) -> list[str]:
-        base = {
-            "run.dir": tmp / run,
-            "data.cache_dir": tmp / "cache",
-            "data.seq_len": 128,
-            "data.sft.synthetic_examples": 400,
-            "data.loader_workers": 0,
-            "model.num_kv_heads": 4,
-            "trainer.max_steps": FIRST,
-            "trainer.global_batch_size": 8,
-            "trainer.micro_batch_size": 2,
-            "trainer.log_every": 1,
-            "trainer.eval_every": 0,
-            "trainer.save_every": FIRST,
-            "trainer.sample_prompts": "[]",
-            "trainer.device": "cpu",
-            "sched.name": "constant",
-            "sched.warmup_steps": 2,
-            **extra,
-        }
-        return ["+exp=sft", *(f"{k}={v}" for k, v in base.items())]
-
-    launch("python", 1, args("single"))
-    launch("torchrun", 4, args("sp2_tp2", **SP_TP))
+    kv4 = {"model.num_kv_heads": 4, "trainer.max_steps": FIRST}
+    launch("forked", 1, sft_args("kv4_single", **kv4))
+    launch("forked", 4, sft_args("kv4_sp2_tp2", **kv4, **SP_TP))
     # Checkpointing recomputes each layer in backward: its attention must exchange as the forward did.
-    launch("torchrun", 4, args("sp2_tp2_ckpt", **SP_TP, **{"model.gradient_checkpointing": "true"}))
-    return tmp
+    launch(
+        "forked", 4, sft_args("kv4_sp2_tp2_ckpt", **kv4, **SP_TP, **{"model.gradient_checkpointing": "true"})
+    )
+    return {name: strategy_tmp / f"kv4_{name}" for name in ("single", "sp2_tp2", "sp2_tp2_ckpt")}
 
 
 def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
@@ -66,10 +45,10 @@ def _rows(run_dir: Path) -> dict[int, tuple[float, float]]:
 
 @pytest.mark.slow
 def test_sequence_times_tensor_parallel_on_four_ranks_reproduces_one_process(runs):
-    ref, other = _rows(runs / "single"), _rows(runs / "sp2_tp2")
-    assert "packing=True" in (runs / "single" / "train.log").read_text()
+    ref, other = _rows(runs["single"]), _rows(runs["sp2_tp2"])
+    assert "packing=True" in (runs["single"] / "train.log").read_text()
     # sp × tp takes all 4 ranks: one data-parallel rank, so every batch is split over the mesh.
-    assert "data-parallel 1;" in (runs / "sp2_tp2" / "train.log").read_text()
+    assert "data-parallel 1;" in (runs["sp2_tp2"] / "train.log").read_text()
     for step in range(1, FIRST + 1):
         assert other[step][0] == pytest.approx(ref[step][0], rel=RTOL), f"loss at step {step}"
         assert other[step][1] == pytest.approx(ref[step][1], rel=RTOL), f"grad norm at step {step}"
@@ -81,7 +60,7 @@ def test_sequence_times_tensor_parallel_on_four_ranks_reproduces_one_process(run
 def test_sequence_parallel_with_gradient_checkpointing_recomputes_with_the_exchange(runs):
     """Before the backward ran with the exchange on, the recompute ran plain SDPA on the slice and
     torch.utils.checkpoint refused it (other shapes than the forward's)."""
-    ref, other = _rows(runs / "single"), _rows(runs / "sp2_tp2_ckpt")
+    ref, other = _rows(runs["single"]), _rows(runs["sp2_tp2_ckpt"])
     for step in range(1, FIRST + 1):
         assert other[step][0] == pytest.approx(ref[step][0], rel=RTOL), f"loss at step {step}"
         assert other[step][1] == pytest.approx(ref[step][1], rel=RTOL), f"grad norm at step {step}"
@@ -91,8 +70,8 @@ def test_sequence_parallel_with_gradient_checkpointing_recomputes_with_the_excha
 def test_export_of_a_sequence_times_tensor_parallel_run_has_the_trained_logits(runs, tmp_path):
     exports = {}
     for name in ("single", "sp2_tp2"):
-        ckpt = runs / name / "checkpoints" / f"step_{FIRST:06d}"
-        launch("python", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
+        ckpt = runs[name] / "checkpoints" / f"step_{FIRST:06d}"
+        launch("forked", 1, [str(ckpt), str(tmp_path / name)], script=EXPORT)
         exports[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
     ids = torch.randint(
         0, exports["single"].config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)

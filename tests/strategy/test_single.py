@@ -73,7 +73,7 @@ def test_gradient_is_token_exact_across_micro_batches_and_ddp_ranks(grad_dumps):
 
 
 def test_ddp_on_two_ranks_reproduces_single_process_losses(single_run, tiny_args, strategy_tmp):
-    launch("torchrun", 2, tiny_args("ddp"))
+    launch("forked", 2, tiny_args("ddp"))
     ref, ddp = read_metrics(single_run), read_metrics(strategy_tmp / "ddp")
     ref_loss, ddp_loss = step_losses(single_run), step_losses(strategy_tmp / "ddp")
     assert sorted(ddp_loss) == sorted(ref_loss) == list(range(1, 11))
@@ -103,7 +103,7 @@ def check_overflow_skipped(run_dir, fault_step: int, stderr: str) -> None:
 
 def test_fp16_overflow_step_is_skipped_and_training_continues(tiny_args, strategy_tmp):
     args = tiny_args("single_fp16", **{"trainer.precision": "fp16", "trainer.max_steps": 6})
-    proc = launch("python", 1, args, script=FAULT_SCRIPT, env={"FAULT": "inf", "FAULT_STEP": "3"})
+    proc = launch("forked", 1, args, script=FAULT_SCRIPT, env={"FAULT": "inf", "FAULT_STEP": "3"})
     run_dir = strategy_tmp / "single_fp16"
     check_overflow_skipped(run_dir, 3, proc.stdout + proc.stderr)
     weights = load_file(str(layout.latest_checkpoint(run_dir) / "model" / "model.safetensors"))

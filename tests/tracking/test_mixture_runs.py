@@ -63,9 +63,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     step-50 checkpoint for the last 10 on two ranks (torchrun, FSDP2 over gloo)."""
     tmp = tmp_path_factory.mktemp("mixture-runs")
     env = _wandb_env(tmp)
-    launch("python", 1, _args(tmp, "full"), env=env)
-    launch("python", 1, _args(tmp, "resumed", **{"trainer.max_steps": RESUME_AT}), env=env)
-    launch("torchrun", 2, _args(tmp, "resumed"), env=env)
+    launch("forked", 1, _args(tmp, "full"), env=env)
+    launch("forked", 1, _args(tmp, "resumed", **{"trainer.max_steps": RESUME_AT}), env=env)
+    launch("forked", 2, _args(tmp, "resumed"), env=env)
     return {"full": tmp / "full", "resumed": tmp / "resumed"}
 
 

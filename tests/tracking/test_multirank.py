@@ -1,4 +1,4 @@
-"""Two ranks under torchrun (DDP): one W&B run for the job, written by global rank 0 only."""
+"""Two ranks (DDP, forked as torchrun would start them): one W&B run for the job, written by global rank 0 only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_two_ranks_create_exactly_one_wandb_run_inside_the_run_dir(tmp_path, tin
     repo_had_wandb_dir = (REPO / "wandb").exists()
     run_dir = tmp_path / "run"
     launch(
-        "torchrun",
+        "forked",
         2,
         tiny_run(
             run_dir, "logger=wandb", "logger.mode=offline", "strategy=single", "trainer.micro_batch_size=2"

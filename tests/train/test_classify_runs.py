@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("classify")
     done: dict[str, Path] = {}
 
-    def run(name: str, launcher: str = "python", nproc: int = 1, *extra: str) -> Path:
+    def run(name: str, launcher: str = "forked", nproc: int = 1, *extra: str) -> Path:
         if name not in done:
             args = [*ARGS, f"run.dir={tmp / name}", f"data.cache_dir={tmp / 'cache'}", *extra]
             launch(launcher, nproc, args, timeout=600)
@@ -129,7 +129,7 @@ def test_export_reloads_in_auto_model_for_sequence_classification_with_the_same_
 ):
     from transformers import AutoModelForSequenceClassification
 
-    run_dir = runs(name, "python", 1, *extra)
+    run_dir = runs(name, "forked", 1, *extra)
     out = export_hf(run_dir, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "food", "1": "sports", "2": "weather"}
@@ -148,9 +148,7 @@ def test_export_reloads_in_auto_model_for_sequence_classification_with_the_same_
         assert (run_dir / "tokenizer" / "llmtrain_classify.json").is_file()
 
 
-@pytest.mark.parametrize(
-    "name,launcher,strategy", [("fsdp", "torchrun", "fsdp"), ("zero3", "deepspeed", "zero3")]
-)
+@pytest.mark.parametrize("name,launcher,strategy", [("fsdp", "forked", "fsdp"), ("zero3", "forked", "zero3")])
 def test_two_ranks_reproduce_single_losses_and_validation_metrics(runs, name, launcher, strategy):
     ref = step_losses(runs("single"))
     got = step_losses(runs(name, launcher, 2, f"strategy={strategy}"))

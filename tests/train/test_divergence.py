@@ -42,7 +42,7 @@ def _args(run_dir: Path, cache: Path) -> list[str]:
 def test_diverged_run_exits_nonzero_and_keeps_the_last_finite_checkpoint_as_latest(tmp_path):
     run_dir = tmp_path / "run"
     proc = launch(
-        "python",
+        "forked",
         1,
         _args(run_dir, tmp_path / "cache"),
         script=FAULT_SCRIPT,

@@ -155,7 +155,7 @@ DIST = {
 }
 
 
-@pytest.mark.parametrize(("launcher", "strategy"), [("torchrun", "fsdp"), ("deepspeed", "zero3")])
+@pytest.mark.parametrize(("launcher", "strategy"), [("forked", "fsdp"), ("forked", "zero3")])
 def test_reply_metrics_and_early_stopping_under_sharded_engines_match_one_process_at_the_start(
     workdir, single_choices, launcher, strategy
 ):
