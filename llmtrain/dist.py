@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,13 +238,38 @@ def barrier() -> None:
         tdist.barrier()
 
 
+# The tensors of the latest `broadcast_object`, kept referenced until the next one (or exit).
+_last_broadcast: list[torch.Tensor] = []
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s value on every rank (the run directory, a resume decision)."""
+    """Rank `src`'s value on every rank (the run directory, a resume decision), pickled.
+
+    Not `broadcast_object_list`: its tensors are made and dropped inside torch, and a gloo worker
+    thread releases its own reference to them just after the collective completes. Released last
+    there, a tensor Python made needs the GIL to be freed; when that broadcast is the job's final
+    collective (the requeue decision) and the main thread has already begun interpreter shutdown,
+    CPython ends the worker with `pthread_exit`, which unwinds through a noexcept destructor:
+    "terminate called without an active exception", SIGABRT, launcher rc 250, for about one
+    ZeRO-3 run in five on 2 cores (DeepSpeed keeps the groups, hence their threads, alive to the
+    end). Holding the tensors here means the worker never drops the last reference.
+    """
     if not is_distributed():
         return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]
+    device = torch.device("cpu")
+    if tdist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    mine = get_rank() == src
+    payload = pickle.dumps(obj) if mine else b""
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    tdist.broadcast(size, src=src)
+    if mine:
+        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
+    else:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    tdist.broadcast(data, src=src)
+    _last_broadcast[:] = [size, data]
+    return obj if mine else pickle.loads(data.cpu().numpy().tobytes())
 
 
 def all_reduce_sum(t: torch.Tensor, group: Any = None) -> torch.Tensor:
