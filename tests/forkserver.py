@@ -24,8 +24,8 @@ exists (checked at start-up), so no intra-op pool or lock is copied half-taken.
 
 Protocol (one JSON line each way over a unix socket): the client sends {"script", "args", "env",
 "cwd", "nproc", "stdout", "stderr"}; the job answers {"pid", "port"} once its store serves, then
-{"returncodes": [...]} when every rank has ended. Killing the job's process group (its pid) ends
-the whole launch.
+{"returncodes": [...], "first_failed": rank or null} when every rank has ended. Killing the job's
+process tree (its pid and every descendant) ends the whole launch.
 """
 
 from __future__ import annotations
@@ -109,9 +109,11 @@ def _run_rank(req: dict, rank: int, port_read: int) -> None:
         os._exit(code)
 
 
-def _wait_ranks(pids: list[int]) -> list[int]:
-    """Each rank's exit status; the first failure stops the rest (SIGTERM, then SIGKILL), as torchrun."""
+def _wait_ranks(pids: list[int]) -> tuple[list[int], int | None]:
+    """Each rank's exit status, and the rank that failed first (None if none did); the first failure
+    stops the rest (SIGTERM, then SIGKILL), as torchrun does."""
     codes: dict[int, int] = {}
+    first = None
     deadline = None
     while len(codes) < len(pids):
         pid, status = os.waitpid(-1, os.WNOHANG)
@@ -127,11 +129,12 @@ def _wait_ranks(pids: list[int]) -> list[int]:
             continue
         codes[pid] = os.waitstatus_to_exitcode(status)
         if codes[pid] != 0 and deadline is None:
+            first = pids.index(pid)
             for p in pids:
                 if p not in codes:
                     _signal(p, signal.SIGTERM)
             deadline = time.monotonic() + GRACE_S
-    return [codes[p] for p in pids]
+    return [codes[p] for p in pids], first
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -164,8 +167,8 @@ def _job(conn: socket.socket, req: dict) -> None:
     for _, w in pipes:
         os.write(w, str(store.port).encode())
         os.close(w)
-    codes = _wait_ranks(pids)
-    conn.sendall((json.dumps({"returncodes": codes}) + "\n").encode())
+    codes, first = _wait_ranks(pids)
+    conn.sendall((json.dumps({"returncodes": codes, "first_failed": first}) + "\n").encode())
     conn.close()
     os._exit(0)
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -198,16 +197,17 @@ def _forked(
             answers = conn.makefile()
             job = json.loads(answers.readline())
             try:
-                codes = json.loads(answers.readline())["returncodes"]
+                ended = json.loads(answers.readline())
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job["pid"], signal.SIGKILL)
+                kill_tree(job["pid"])  # its process group would miss a rank's child in a session of its own
                 out_text, err_text = (p.read_text() for p in paths.values())
                 raise subprocess.TimeoutExpired(cmd, timeout, out_text, err_text) from None
-        failed = [c for c in codes if c != 0]
+        first = ended["first_failed"]
         out_text, err_text = (p.read_text() for p in paths.values())
     assert_no_shm_buffers_left(str(job["port"]))  # a DeepSpeed run's, unlinked by the strategy
-    return subprocess.CompletedProcess(cmd, failed[0] if failed else 0, out_text, err_text)
+    # As torchrun: the status of the rank that failed first, not of the ranks stopped after it.
+    code = 0 if first is None else ended["returncodes"][first]
+    return subprocess.CompletedProcess(cmd, code, out_text, err_text)
 
 
 def assert_no_shm_buffers_left(master_port: str) -> None:
