@@ -21,3 +21,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"test data folder {SHARED_DATA} is missing (the CI clone has shared/ beside the repo)")
     return SHARED_DATA
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the fork server of simulated ranks now when slow tests will run: its imports (and
+    DeepSpeed's op build on a new machine) use the second core while the in-process tests, which
+    run on one thread, come first."""
+    if any(item.get_closest_marker("slow") for item in session.items):
+        from launcher import start_forkserver
+
+        start_forkserver()

@@ -42,6 +42,7 @@ import threading
 import time
 import traceback
 
+READY = "forkserver: ready"  # the line the client waits for in the server's log
 GRACE_S = 10.0  # after one rank fails: how long the others get to exit on SIGTERM before SIGKILL
 
 
@@ -60,6 +61,12 @@ def _preimport() -> None:
     from llmtrain.config import load_config
 
     load_config([])  # Hydra's config store and search path, as every launch/train.py composes
+    # DeepSpeed's CPU allreduce op, which every DeepSpeed rank loads in `init_distributed`: built once
+    # per machine (JIT, ~80 s, cached under ~/.cache/torch_extensions), then loaded here once
+    # instead of once per rank (DeepSpeed keeps loaded ops in `OpBuilder._loaded_ops`).
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
 
 
 def _run_rank(req: dict, rank: int, port_read: int) -> None:
@@ -182,7 +189,7 @@ def serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(16)
-    print("ready", flush=True)
+    print(READY, flush=True)
     parent = os.getppid()
     server.settimeout(1.0)
     while os.getppid() == parent:  # the test session that started us is gone: so are we

@@ -26,6 +26,7 @@ from torch.distributed import TCPStore
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "launch" / "train.py"
 FORKSERVER = Path(__file__).resolve().parent / "forkserver.py"
+READY = "forkserver: ready"  # forkserver.READY (that module is run as a script, not imported)
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -148,7 +149,8 @@ def kill_tree(pid: int) -> None:
 
 
 class _ForkServer:
-    """The session's forkserver.py process, started on first use and stopped at exit."""
+    """The session's forkserver.py process, stopped at exit. Starting it returns at once (its imports
+    and DeepSpeed's op take seconds, a minute on a new machine); `wait_ready` blocks until it serves."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="llmtrain-forkserver-"))
@@ -160,8 +162,14 @@ class _ForkServer:
                 cwd=REPO, env=_env(None), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         atexit.register(self.stop)
-        deadline = time.monotonic() + 300
-        while "ready" not in self.log.read_text():
+        self.ready = False
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            self.ready = READY in self.log.read_text()
+            if self.ready:
+                break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the fork server did not start:\n{self.log.read_text()[-4000:]}")
             time.sleep(0.1)
@@ -176,22 +184,30 @@ class _ForkServer:
 _server: _ForkServer | None = None
 
 
+def start_forkserver() -> _ForkServer:
+    """The session's fork server, started if it is not running (tests/conftest.py starts it as soon
+    as slow tests are collected, so its imports overlap the one-thread in-process tests)."""
+    global _server
+    if _server is None or _server.proc.poll() is not None:
+        _server = _ForkServer()
+    return _server
+
+
 def _forked(
     nproc: int, script: Path, args: list[str], env: dict[str, str], timeout: float
 ) -> subprocess.CompletedProcess:
     """Ranks forked by the session's server; its output and exit status as subprocess.run gives them."""
-    global _server
-    if _server is None or _server.proc.poll() is not None:
-        _server = _ForkServer()
+    server = start_forkserver()
+    server.wait_ready()
     cmd = ["forked", str(nproc), str(script), *map(str, args)]
-    with tempfile.TemporaryDirectory(dir=_server.dir) as out:
+    with tempfile.TemporaryDirectory(dir=server.dir) as out:
         paths = {name: Path(out) / name for name in ("stdout", "stderr")}
         for path in paths.values():
             path.touch()
         request = {"script": str(script), "args": [str(a) for a in args], "env": env, "cwd": str(REPO),
                    "nproc": nproc, **{k: str(v) for k, v in paths.items()}}  # fmt: skip
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(str(_server.socket))
+            conn.connect(str(server.socket))
             conn.sendall((json.dumps(request) + "\n").encode())
             conn.settimeout(timeout)
             answers = conn.makefile()

@@ -83,7 +83,7 @@ def test_a_timed_out_launch_leaves_no_process_behind(tmp_path, launcher):
         """,
     )
     with pytest.raises(subprocess.TimeoutExpired):
-        launch(launcher, 1, [], script=script, timeout=10)
+        launch(launcher, 1, [], script=script, timeout=4)
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2
     deadline = time.monotonic() + 10
