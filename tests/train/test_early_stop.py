@@ -25,7 +25,9 @@ from llmtrain.data.loader import build_val_loader
 from llmtrain.model.loss import IGNORE_INDEX, CausalLMLoss
 from llmtrain.train.loop import EXIT_OK, EXIT_STOPPED, train
 
-pytestmark = pytest.mark.slow  # end to end: about 10 short training runs (~100 s on 2 cores)
+# End to end: about 10 short training runs (~100 s on 2 cores). One intra-op thread: a run started
+# here is resumed by a launched rank and compared with an uninterrupted one exactly.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 150
